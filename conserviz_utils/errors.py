@@ -1,0 +1,70 @@
+"""The errors conserviz raises on purpose: each names the file, the rows and the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def _preview(rows: Iterable, limit: int = 5) -> str:
+    """Format the first few offending rows (ids or line numbers) and how many there are."""
+    rows = list(rows)
+    shown = ", ".join(str(r) for r in rows[:limit])
+    more = f" … and {len(rows) - limit} more" if len(rows) > limit else ""
+    return f"{len(rows)} row(s): {shown}{more}"
+
+
+class ConservizError(Exception):
+    """Base class of every error conserviz raises for a problem the user can fix.
+
+    The message reads ``<file>: <problem> [column ...] [rows ...]. Fix: <fix>`` so a learner
+    sees at once where to look and what to do. The parts stay available as attributes.
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        path: str | Path | None = None,
+        column: str | None = None,
+        rows: Iterable | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.problem = problem
+        self.path = Path(path) if path is not None else None
+        self.column = column
+        self.rows = list(rows) if rows is not None else []
+        self.fix = fix
+        parts = [f"{self.path}: {problem}" if self.path is not None else problem]
+        if column is not None:
+            parts.append(f"column {column!r}")
+        if self.rows:
+            parts.append(_preview(self.rows))
+        message = "; ".join(parts)
+        if fix:
+            message += f". Fix: {fix}"
+        super().__init__(message)
+
+
+class DataValidationError(ConservizError, ValueError):
+    """A competition CSV (or its image folder) does not have the expected layout or content."""
+
+
+class ImageLoadError(ConservizError, OSError):
+    """An image file is missing, empty, truncated, not an image, or too large to decode safely."""
+
+
+class CheckpointError(ConservizError):
+    """A checkpoint file is missing, not a conserviz checkpoint, or does not fit the data."""
+
+
+class SubmissionError(ConservizError, ValueError):
+    """A submission frame does not match submission_format and must not be written."""
+
+
+class TrainingError(ConservizError, RuntimeError):
+    """Training cannot go on, e.g. the loss became NaN or infinite."""
+
+
+class WeightsUnavailableError(ConservizError):
+    """Pretrained weights are not cached and cannot be downloaded (offline)."""
