@@ -124,6 +124,246 @@ class CourseArtifacts:
         return self.output_dir / "executed"
 
 
+# --- shared steps of the notebooks -----------------------------------------------------------
+
+
+def load_course_data(settings: CourseSettings, verbose: bool = True):
+    """Find and load the data of this run: the real competition data, or the synthetic sample."""
+    from conserviz_utils.data import load_competition, resolve_data_dir
+
+    root = settings.data_dir or resolve_data_dir(quick=settings.quick, verbose=verbose)
+    return load_competition(root)
+
+
+def ensure_splits(data, settings: CourseSettings):
+    """The site-grouped split notebook 02 saved, rebuilt (and saved) when missing or stale.
+
+    Returns:
+        (train_ids, eval_ids).
+    """
+    from conserviz_utils.split import load_splits, save_splits, split_by_site
+
+    path = settings.artifacts.splits
+    if path.is_file():
+        train_ids, eval_ids = load_splits(path)
+        # A split written for other data (the quick sample, say) must not be reused.
+        if train_ids.union(eval_ids).sort_values().equals(data.train_features.index.sort_values()):
+            return train_ids, eval_ids
+    train_ids, eval_ids = split_by_site(
+        data.train_features, data.train_labels, test_size=0.25, seed=settings.seed
+    )
+    save_splits(path, train_ids, eval_ids)
+    return train_ids, eval_ids
+
+
+def training_ids(train_ids, settings: CourseSettings):
+    """The training ids of this run: all of them, or a seeded subset when capped."""
+    cap = settings.max_train_images
+    if cap is None or len(train_ids) <= cap:
+        return train_ids
+    return train_ids.to_series().sample(n=cap, random_state=settings.seed).index.sort_values()
+
+
+def make_loaders(data, splits, settings: CourseSettings, model):
+    """Training loader (augmented, shuffled) and evaluation loader for ``model``'s input format."""
+    from conserviz_utils.data import ImagesDataset, default_transform, make_loader, train_transform
+    from conserviz_utils.models import model_info
+
+    info = model_info(model.arch)
+    train_ids, eval_ids = splits
+    train_ids = training_ids(train_ids, settings)
+    train_set = ImagesDataset(
+        data.train_features.loc[train_ids],
+        data.train_labels,
+        transform=train_transform(info.input_size, info.mean, info.std),
+    )
+    eval_set = ImagesDataset(
+        data.train_features.loc[eval_ids],
+        data.train_labels,
+        transform=default_transform(info.input_size, info.mean, info.std),
+    )
+    train_loader = make_loader(
+        train_set, batch_size=settings.batch_size, shuffle=True, seed=settings.seed
+    )
+    return train_loader, make_loader(eval_set, batch_size=2 * settings.batch_size)
+
+
+def train_head(model, data, splits, settings: CourseSettings, progress: bool = True):
+    """Stage 1, the fast path: freeze the backbone, embed the images once, train the head on them.
+
+    Returns:
+        The head's training history (one row per batch, eval columns per epoch).
+    """
+    from conserviz_utils.data import default_transform
+    from conserviz_utils.features import compute_embeddings, fit_head
+    from conserviz_utils.models import freeze_backbone, model_info
+
+    freeze_backbone(model)
+    info = model_info(model.arch)
+    transform = default_transform(info.input_size, info.mean, info.std)
+    train_ids, eval_ids = splits
+    train_ids = training_ids(train_ids, settings)
+    embedded = {
+        name: compute_embeddings(
+            model,
+            data.train_features.loc[ids],
+            transform=transform,
+            cache_dir=settings.artifacts.features,
+            batch_size=2 * settings.batch_size,
+            progress=progress,
+        )
+        for name, ids in (("train", train_ids), ("eval", eval_ids))
+    }
+    return fit_head(
+        model.head,
+        embedded["train"],
+        data.train_labels.loc[train_ids],
+        embedded["eval"],
+        data.train_labels.loc[eval_ids],
+        epochs=settings.head_epochs,
+        seed=settings.seed,
+        progress=progress,
+    )
+
+
+def fine_tune(model, train_loader, eval_loader, settings: CourseSettings, lr: float = 1e-4,
+              progress: bool = True):
+    """Stage 2: unfreeze the whole network and train it end to end at a low learning rate.
+
+    The low rate keeps the pretrained features from being wrecked in the first batches; early
+    stopping on eval log loss keeps the best epoch.
+    """
+    import torch
+
+    from conserviz_utils.models import unfreeze
+    from conserviz_utils.train import fit
+
+    unfreeze(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    return fit(
+        model,
+        train_loader,
+        eval_loader,
+        epochs=settings.epochs,
+        optimizer=optimizer,
+        early_stopping=1,
+        checkpoint_path=settings.artifacts.output_dir / "interrupted.pt",
+        seed=settings.seed,
+        progress=progress,
+    )
+
+
+def train_default_recipe(data, splits, settings: CourseSettings, progress: bool = True):
+    """The course's default recipe: head on cached embeddings, then (if asked) a short fine-tune.
+
+    Keeps whichever stage scored the lower eval log loss, and saves it as the run's checkpoint.
+
+    Returns:
+        (model, {"head": head history, "fine_tune": fine-tune history or None}).
+    """
+    import copy
+
+    from conserviz_utils.checkpoint import save_checkpoint
+    from conserviz_utils.models import build_model
+
+    model = build_model(settings.arch, pretrained=True, progress=progress)
+    head_history = train_head(model, data, splits, settings, progress=progress)
+    best_loss = head_history["eval_log_loss"].dropna().iloc[-1]
+    tuned_history = None
+    if settings.epochs > 0:
+        head_only = copy.deepcopy(model.state_dict())
+        train_loader, eval_loader = make_loaders(data, splits, settings, model)
+        tuned_history = fine_tune(model, train_loader, eval_loader, settings, progress=progress)
+        tuned_loss = tuned_history["eval_log_loss"].dropna().min()
+        if not tuned_loss < best_loss:
+            model.load_state_dict(head_only)
+        best_loss = min(best_loss, tuned_loss)
+    save_checkpoint(settings.artifacts.checkpoint, model, metrics={"eval_log_loss": float(best_loss)})
+    return model, {"head": head_history, "fine_tune": tuned_history}
+
+
+def ensure_checkpoint(data, splits, settings: CourseSettings) -> Path:
+    """The checkpoint notebook 04 saved; trained quietly with the default recipe when missing."""
+    path = settings.artifacts.checkpoint
+    if not path.is_file():
+        train_default_recipe(data, splits, settings, progress=False)
+    return path
+
+
+def eval_loader_for(model, data, eval_ids, settings: CourseSettings):
+    """A loader over the eval images in ``model``'s input format (no augmentation)."""
+    from conserviz_utils.data import ImagesDataset, default_transform, make_loader
+    from conserviz_utils.models import model_info
+
+    info = model_info(model.arch)
+    eval_set = ImagesDataset(
+        data.train_features.loc[eval_ids],
+        transform=default_transform(info.input_size, info.mean, info.std),
+    )
+    return make_loader(eval_set, batch_size=2 * settings.batch_size)
+
+
+def headline_metrics(logits, data, splits) -> dict:
+    """Accuracy and log loss of eval logits, before and after temperature scaling, with baselines.
+
+    The temperature is fitted on these same eval images, so the calibrated log loss is slightly
+    optimistic; the test set gets the temperature, not the optimism.
+    """
+    from conserviz_utils.metrics import (
+        accuracy,
+        apply_temperature,
+        fit_temperature,
+        log_loss,
+        majority_baseline,
+        uniform_baseline,
+    )
+
+    train_ids, _ = splits
+    eval_labels = data.train_labels.loc[logits.index]
+    probs = apply_temperature(logits, 1.0)
+    temperature = fit_temperature(logits, eval_labels)
+    majority = majority_baseline(data.train_labels.loc[train_ids], eval_labels)
+    return {
+        "data": "synthetic sample" if data.is_sample else "competition data",
+        "eval_images": int(len(eval_labels)),
+        "accuracy": accuracy(probs, eval_labels),
+        "log_loss": log_loss(probs, eval_labels),
+        "temperature": temperature,
+        "calibrated_log_loss": log_loss(apply_temperature(logits, temperature), eval_labels),
+        "majority_accuracy": majority["accuracy"],
+        "majority_log_loss": majority["log_loss"],
+        "uniform_log_loss": uniform_baseline(eval_labels)["log_loss"],
+    }
+
+
+def evaluate_checkpoint(data, splits, settings: CourseSettings, progress: bool = True) -> dict:
+    """Reload the saved checkpoint (never an in-memory model) and compute `headline_metrics`."""
+    from conserviz_utils.checkpoint import load_checkpoint
+    from conserviz_utils.train import predict_logits
+
+    model, _ = load_checkpoint(ensure_checkpoint(data, splits, settings))
+    loader = eval_loader_for(model, data, splits[1], settings)
+    return headline_metrics(predict_logits(model, loader, progress=progress), data, splits)
+
+
+def save_metrics(settings: CourseSettings, metrics: dict) -> Path:
+    """Write the headline figures for notebook 06 and ``make course``."""
+    path = settings.artifacts.metrics
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    return path
+
+
+def ensure_metrics(data, splits, settings: CourseSettings) -> dict:
+    """The figures notebook 05 saved; recomputed quietly when missing or older than the model."""
+    path, checkpoint = settings.artifacts.metrics, settings.artifacts.checkpoint
+    if path.is_file() and checkpoint.is_file() and path.stat().st_mtime >= checkpoint.stat().st_mtime:
+        return json.loads(path.read_text())
+    metrics = evaluate_checkpoint(data, splits, settings, progress=False)
+    save_metrics(settings, metrics)
+    return metrics
+
+
 def run_notebooks(
     notebooks_dir: Path,
     executed_dir: Path,
