@@ -221,3 +221,41 @@ def _as_size(target_size: int | tuple[int, int] | None) -> tuple[int, int] | Non
     if width < 1 or height < 1:
         raise ValueError(f"target_size must be positive, got {target_size!r}")
     return width, height
+
+
+# Infrared night shots are stored as RGB JPEGs whose three channels are (almost) equal; colour
+# day shots differ by tens of levels. Half a level on average separates them with room to spare.
+_NIGHT_CHANNEL_SPREAD = 4.0
+
+
+def is_night_shot(image: Image.Image) -> bool:
+    """True for a grayscale (infrared, flash-lit) image, even when it is stored as RGB."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+    spread = (pixels.max(axis=2) - pixels.min(axis=2)).mean()
+    return bool(spread < _NIGHT_CHANNEL_SPREAD)
+
+
+def describe_images(features, max_images: int | None = 2000, seed: int = 0):
+    """Size and day/night of each image (a seeded subset of ``max_images`` on large data).
+
+    Args:
+        features: A features frame with a ``path`` column (from ``load_competition``).
+        max_images: Look at this many images at most (None: all of them).
+        seed: Which subset to look at.
+
+    Returns:
+        A frame indexed by id with ``width``, ``height`` (as stored) and ``night`` (bool).
+    """
+    import pandas as pd
+
+    if max_images is not None and len(features) > max_images:
+        features = features.sample(n=max_images, random_state=seed)
+    rows = []
+    for image_id, path in features["path"].items():
+        # A thumbnail is enough to tell grey from colour, and JPEG draft mode makes it cheap.
+        # open_image first: an unreadable file raises our ImageLoadError, not Pillow's.
+        night = is_night_shot(open_image(path, target_size=(64, 64)))
+        with Image.open(path) as header:
+            width, height = header.size
+        rows.append((image_id, width, height, night))
+    return pd.DataFrame(rows, columns=["id", "width", "height", "night"]).set_index("id")

@@ -1,0 +1,596 @@
+"""Every figure of the course; each function returns its matplotlib Figure and never shows it.
+
+Figures are made through pyplot, so Jupyter's inline backend shows each one once when its cell
+ends; end the cell with ``;`` so the returned Figure is not shown a second time. Outside a
+notebook, save it (``fig.savefig``) and close it (``plt.close(fig)``).
+
+Labels may be the one-hot label frame or a Series id → species name; probabilities are a frame
+indexed by id with one column per species (what ``predict`` returns).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+from PIL import Image
+from sklearn.metrics import ConfusionMatrixDisplay
+
+from conserviz_utils.errors import DataValidationError, ImageLoadError
+from conserviz_utils.images import open_image
+from conserviz_utils.split import labels_to_species, species_order
+
+#: Longest side of the images drawn in galleries: plenty for a 2–3 inch panel, and it keeps
+#: drawing fast.
+THUMBNAIL_SIDE = 320
+
+Labels = pd.DataFrame | pd.Series
+
+
+def show_species_grid(
+    data_or_features,
+    labels: Labels | None = None,
+    per_species: int = 1,
+    seed: int = 0,
+) -> Figure:
+    """Random example images of each species: the walkthrough's grid.
+
+    Args:
+        data_or_features: a ``CompetitionData`` (its train features and labels are used) or a
+            features frame with ``path`` (absolute image path) and ``site`` columns.
+        labels: one-hot frame or Series of species names; taken from the data when omitted.
+        per_species: images per species; 1 gives a 2-row grid, more gives one row per species.
+        seed: which random images are drawn.
+    """
+    features, labels = _features_and_labels(data_or_features, labels)
+    _check_positive(per_species, "per_species", example=2)
+    species = labels_to_species(labels)
+    names = species_order(species)
+    _require_paths(features, species.index)
+    if per_species == 1:
+        ncols = math.ceil(len(names) / 2)
+        nrows = math.ceil(len(names) / ncols)
+    else:
+        nrows, ncols = len(names), per_species
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(2.5 * ncols, 1.9 * nrows), layout="constrained", squeeze=False
+    )
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for row, name in enumerate(names):
+        of_species = species.index[species == name].to_series()
+        drawn = of_species.sample(n=min(per_species, len(of_species)), random_state=seed)
+        panels = [axes.flat[row]] if per_species == 1 else axes[row]
+        for ax, image_id in zip(panels, drawn, strict=False):
+            ax.imshow(_thumbnail(features.at[image_id, "path"]))
+            site = f" · {features.at[image_id, 'site']}" if "site" in features.columns else ""
+            ax.set_title(f"{name}\n{image_id}{site}", fontsize=9)
+    fig.suptitle("Example images of each species (title: species, image id · site)")
+    return fig
+
+
+def plot_class_distribution(
+    labels: Labels | Mapping[str, Labels], title: str | None = None
+) -> Figure:
+    """Images per species: counts and shares of one label set, or shares of several side by side.
+
+    Args:
+        labels: one-hot frame or Series of species names, or a mapping name → labels (e.g.
+            the train and eval sides of a split) to compare their shares.
+        title: replaces the default title.
+    """
+    if isinstance(labels, Mapping):
+        sets = {name: labels_to_species(value) for name, value in labels.items()}
+        if not sets:
+            raise DataValidationError("no label sets to plot", fix="pass at least one label set")
+    else:
+        sets = {"": labels_to_species(labels)}
+    names = species_order(pd.concat(list(sets.values())))
+
+    bars_per_species = 1 if len(sets) == 1 else 0.6 * len(sets)
+    fig, ax = plt.subplots(
+        figsize=(7, 0.3 * len(names) * bars_per_species + 1.2), layout="constrained"
+    )
+    if len(sets) == 1:
+        (species,) = sets.values()
+        counts = species.value_counts().reindex(names, fill_value=0).sort_values()
+        bars = ax.barh(counts.index, counts.to_numpy(), color="tab:blue")
+        _label_bars(ax, bars, counts, len(species))
+        ax.set_xlabel("images")
+        default_title = f"Images per species ({len(species):,} images)"
+    else:
+        shares = {
+            f"{name} ({len(species):,} images)": species.value_counts(normalize=True)
+            for name, species in sets.items()
+        }
+        _grouped_bars(ax, shares, names, horizontal=True)
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.set_xlabel("share of images")
+        default_title = "Share of each species, " + " vs ".join(sets)
+    ax.set_ylabel("species")
+    ax.set_title(title or default_title)
+    return fig
+
+
+def plot_images_per_site(
+    features: pd.DataFrame, test_features: pd.DataFrame | None = None
+) -> Figure:
+    """Images per camera site, sorted, for train (and test): how skewed the sites are.
+
+    Args:
+        features: frame with a ``site`` column (``train_features``).
+        test_features: the test features, drawn in a second panel when given.
+    """
+    sets = {"train": features}
+    if test_features is not None:
+        sets["test"] = test_features
+    counts = {}
+    for name, frame in sets.items():
+        if not isinstance(frame, pd.DataFrame) or "site" not in frame.columns:
+            raise DataValidationError(
+                f"{name} features have no 'site' column",
+                column="site",
+                fix="pass the features frames of load_competition",
+            )
+        counts[name] = frame["site"].value_counts().sort_values(ascending=False, kind="stable")
+
+    fig, axes = plt.subplots(
+        1, len(sets), figsize=(5.5 * len(sets), 3.5), layout="constrained", squeeze=False
+    )
+    for ax, (name, per_site) in zip(axes.flat, counts.items(), strict=True):
+        positions = np.arange(len(per_site))
+        ax.bar(positions, per_site.to_numpy(), width=1.0, color="tab:green")
+        median = float(per_site.median())
+        ax.axhline(median, color="black", linestyle="--", linewidth=1,
+                   label=f"median {median:g} images")
+        if len(per_site) <= 30:  # few enough sites to name them
+            ax.set_xticks(positions, per_site.index, rotation=90, fontsize=7)
+        else:
+            ax.set_xticks([])
+        ax.set_xlabel("site, sorted by number of images")
+        ax.set_ylabel("images")
+        largest_share = per_site.iloc[0] / per_site.sum()
+        ax.set_title(f"{name}: {len(per_site)} sites; the largest, {per_site.index[0]}, "
+                     f"holds {largest_share:.0%}", fontsize=10)
+        ax.legend(fontsize=8)
+    title = "Images per site"
+    if test_features is not None:
+        shared = len(set(counts["train"].index) & set(counts["test"].index))
+        title += (": train and test sites are disjoint" if shared == 0
+                  else f": {shared} sites are in both train and test")
+    fig.suptitle(title)
+    return fig
+
+
+def plot_image_sizes(sizes_or_features: pd.DataFrame, top: int = 10) -> Figure:
+    """How many images have each size (width × height), most common first.
+
+    Args:
+        sizes_or_features: a frame with ``width`` and ``height`` columns, or a features frame
+            with a ``path`` column, whose image headers are then read (see `image_sizes`).
+        top: sizes shown separately; the rarer ones are grouped as "other".
+    """
+    _check_positive(top, "top", example=10)
+    sizes = sizes_or_features
+    if not {"width", "height"} <= set(sizes.columns):
+        sizes = image_sizes(sizes)
+    as_text = sizes["width"].astype(int).astype(str) + "×"
+    as_text += sizes["height"].astype(int).astype(str)
+    counts = as_text.value_counts().sort_values(ascending=False, kind="stable")
+    shown = counts.iloc[:top]
+    if len(counts) > top:
+        rest = pd.Series({f"other ({len(counts) - top} sizes)": counts.iloc[top:].sum()})
+        shown = pd.concat([shown, rest])
+
+    fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(shown) + 1.2), layout="constrained")
+    bars = ax.barh(shown.index, shown.to_numpy(), color="tab:purple")
+    _label_bars(ax, bars, shown, len(sizes))
+    ax.invert_yaxis()  # most common on top
+    ax.set_xlabel("images")
+    ax.set_ylabel("width × height (pixels)")
+    ax.set_title(f"Image sizes: {len(counts)} distinct among {len(sizes):,} images")
+    return fig
+
+
+def image_sizes(features: pd.DataFrame) -> pd.DataFrame:
+    """Width and height of each image as stored, read from the file headers (no decoding).
+
+    Returns:
+        A frame indexed like ``features`` with integer columns ``width`` and ``height``.
+    """
+    _require_paths(features, features.index)
+    sizes = []
+    for path in features["path"]:
+        try:
+            with Image.open(path) as image:
+                sizes.append(image.size)
+        except (OSError, Image.UnidentifiedImageError, Image.DecompressionBombError) as exc:
+            raise ImageLoadError(
+                f"cannot read the image header ({exc})",
+                path=path,
+                fix="extract the image again, or remove its row from the CSV",
+            ) from None
+    return pd.DataFrame(sizes, index=features.index, columns=["width", "height"], dtype="int64")
+
+
+def plot_loss_curve(history: pd.DataFrame, window: int = 50) -> Figure:
+    """Training loss per batch, its moving average, and the eval loss after each epoch.
+
+    Args:
+        history: the frame ``fit`` returns (columns ``step``, ``epoch``, ``train_loss`` and, when
+            an eval loader was given, ``eval_loss``; NaN where not measured).
+        window: batches in the moving average.
+    """
+    if not isinstance(history, pd.DataFrame) or "train_loss" not in history.columns:
+        raise DataValidationError(
+            "history has no 'train_loss' column",
+            column="train_loss",
+            fix="pass the history frame returned by fit",
+        )
+    _check_positive(window, "window", example=50)
+    if "step" in history.columns:
+        steps = history["step"]
+    else:
+        steps = pd.Series(np.arange(1, len(history) + 1), index=history.index)
+    trained = history["train_loss"].notna()
+    if not trained.any():
+        raise DataValidationError(
+            "history holds no training loss yet",
+            column="train_loss",
+            fix="plot it after fit has run",
+        )
+    loss = history.loc[trained, "train_loss"].astype(float)
+    x = steps[trained].to_numpy()
+
+    fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
+    ax.plot(x, loss.to_numpy(), color="tab:blue", alpha=0.3, linewidth=0.8,
+            label="train loss (each batch)")
+    average = loss.rolling(window, min_periods=1).mean()
+    ax.plot(x, average.to_numpy(), color="tab:blue", linewidth=2,
+            label=f"train loss ({min(window, len(loss))}-batch moving average)")
+    eval_column = next((c for c in ("eval_loss", "eval_log_loss") if c in history.columns), None)
+    if eval_column is not None:
+        measured = history[eval_column].notna()
+        if measured.any():
+            ax.plot(steps[measured].to_numpy(), history.loc[measured, eval_column].astype(float),
+                    "o-", color="tab:orange", linewidth=2, label="eval loss (after each epoch)")
+    title = "Loss during training"
+    if "epoch" in history.columns:
+        for end in steps.groupby(history["epoch"]).max().to_numpy()[:-1]:
+            ax.axvline(end, color="grey", linewidth=0.8, linestyle=":")
+        title += " (dotted lines: epoch ends)"
+    ax.set_xlabel("training step (batch)")
+    ax.set_ylabel("cross-entropy loss")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_confusion_matrix(
+    probs: pd.DataFrame, labels: Labels, normalize: str | None = "true"
+) -> Figure:
+    """Confusion matrix of the most probable species against the true one (sklearn's display).
+
+    Args:
+        probs: probabilities indexed by id, one column per species.
+        labels: true labels covering every id of ``probs``.
+        normalize: ``"true"`` (each row sums to 1: recall on the diagonal), ``"pred"`` (each
+            column sums to 1: precision), ``"all"``, or ``None`` for counts.
+    """
+    titles = {
+        "true": "Confusion matrix (each row: where images of that species went)",
+        "pred": "Confusion matrix (each column: what that prediction really was)",
+        "all": "Confusion matrix (share of all images)",
+        None: "Confusion matrix (image counts)",
+    }
+    if normalize not in titles:
+        raise DataValidationError(
+            f"normalize must be 'true', 'pred', 'all' or None, got {normalize!r}",
+            fix="pass normalize='true'",
+        )
+    probs, true = _align(probs, labels)
+    predicted = _predicted(probs)
+    fig, ax = plt.subplots(figsize=(7.5, 6.5), layout="constrained")
+    ConfusionMatrixDisplay.from_predictions(
+        true,
+        predicted,
+        labels=list(probs.columns),
+        normalize=normalize,
+        ax=ax,
+        cmap="Blues",
+        xticks_rotation=45,
+        values_format=".2f" if normalize else "d",
+    )
+    plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
+    ax.set_xlabel("predicted species")
+    ax.set_ylabel("true species")
+    accuracy = (predicted == true).mean()
+    ax.set_title(f"{titles[normalize]}\n{len(true):,} images, accuracy {accuracy:.1%}",
+                 fontsize=10)
+    return fig
+
+
+def plot_prediction_distribution(probs: pd.DataFrame, labels: Labels | None = None) -> Figure:
+    """How often each species is predicted (most probable class), beside how often it is true.
+
+    Args:
+        probs: probabilities indexed by id, one column per species.
+        labels: true labels of those ids; without them only the predictions are drawn.
+    """
+    if labels is None:
+        _check_probs(probs)
+        counts = {"predicted": _predicted(probs).value_counts()}
+        title = f"Predicted species ({len(probs):,} images)"
+    else:
+        probs, true = _align(probs, labels)
+        counts = {"true": true.value_counts(), "predicted": _predicted(probs).value_counts()}
+        title = f"Predicted vs true species ({len(probs):,} images)"
+    fig, ax = plt.subplots(figsize=(7.5, 3.8), layout="constrained")
+    _grouped_bars(ax, counts, list(probs.columns), horizontal=False)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("species")
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    return fig
+
+
+def plot_misclassified(
+    probs: pd.DataFrame,
+    labels: Labels,
+    features: pd.DataFrame,
+    n: int = 12,
+    ncols: int = 4,
+) -> Figure:
+    """Gallery of the most confident mistakes: each image with its true and predicted species.
+
+    Args:
+        probs: probabilities indexed by id, one column per species.
+        labels: true labels covering every id of ``probs``.
+        features: frame with a ``path`` column (absolute image paths) for those ids.
+        n: at most this many images, the most confident mistakes first.
+        ncols: images per row.
+    """
+    _check_positive(n, "n", example=12)
+    _check_positive(ncols, "ncols", example=4)
+    probs, true = _align(probs, labels)
+    predicted = _predicted(probs)
+    confidence = pd.Series(probs.to_numpy().max(axis=1), index=probs.index)
+    wrong = predicted != true
+    # Most confident first; the stable sort keeps the order of ids among ties.
+    mistakes = confidence[wrong].sort_values(ascending=False, kind="stable").index[:n]
+    if len(mistakes) == 0:
+        fig, ax = plt.subplots(figsize=(4, 1.5), layout="constrained")
+        ax.text(0.5, 0.5, f"No misclassified images among {len(probs):,}",
+                ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    _require_paths(features, mistakes)
+    ncols = min(ncols, len(mistakes))
+    nrows = math.ceil(len(mistakes) / ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(2.5 * ncols, 2.3 * nrows), layout="constrained", squeeze=False
+    )
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, image_id in zip(axes.flat, mistakes, strict=False):
+        ax.imshow(_thumbnail(features.at[image_id, "path"]))
+        t, p = true[image_id], predicted[image_id]
+        ax.set_title(f"{image_id}\ntrue {t} ({probs.at[image_id, t]:.2f})\n"
+                     f"predicted {p} ({probs.at[image_id, p]:.2f})", fontsize=8)
+    fig.suptitle(f"The {len(mistakes)} most confident mistakes ({int(wrong.sum()):,} of "
+                 f"{len(probs):,} images misclassified; in brackets: predicted probability)",
+                 fontsize=10)
+    return fig
+
+
+def reliability_table(probs: pd.DataFrame, labels: Labels, n_bins: int = 10) -> pd.DataFrame:
+    """Mean confidence and accuracy of the predictions in each confidence bin.
+
+    Confidence is the top probability; bins split [0, 1] into ``n_bins`` equal intervals.
+
+    Returns:
+        A frame indexed by bin with ``low``, ``high``, ``count``, ``confidence`` and
+        ``accuracy`` (NaN for empty bins).
+    """
+    _check_positive(n_bins, "n_bins", example=10)
+    probs, true = _align(probs, labels)
+    confidence = probs.to_numpy().max(axis=1)
+    correct = (_predicted(probs) == true).to_numpy()
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)  # 1.0 joins the top bin
+    per_bin = pd.DataFrame({"bin": bins, "confidence": confidence, "correct": correct})
+    table = per_bin.groupby("bin").agg(
+        count=("correct", "size"), confidence=("confidence", "mean"), accuracy=("correct", "mean")
+    ).reindex(range(n_bins))
+    table["count"] = table["count"].fillna(0).astype("int64")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    table.insert(0, "low", edges[:-1])
+    table.insert(1, "high", edges[1:])
+    table.index.name = "bin"
+    return table
+
+
+def expected_calibration_error(probs: pd.DataFrame, labels: Labels, n_bins: int = 10) -> float:
+    """The expected calibration error: the count-weighted mean |accuracy − confidence| of bins."""
+    return _ece(reliability_table(probs, labels, n_bins))
+
+
+def plot_reliability_diagram(
+    probs: pd.DataFrame,
+    labels: Labels,
+    n_bins: int = 10,
+    calibrated_probs: pd.DataFrame | None = None,
+) -> Figure:
+    """Confidence vs accuracy per confidence bin, with the ECE; optionally before/after calibration.
+
+    A calibrated model is right 80 % of the time when it says 0.8, so its points lie on the
+    diagonal. Log loss punishes confident mistakes hard, which is why temperature scaling helps.
+
+    Args:
+        probs: probabilities indexed by id, one column per species.
+        labels: true labels covering every id of ``probs``.
+        n_bins: equal-width confidence bins.
+        calibrated_probs: the same ids after calibration (e.g. temperature scaling), drawn too.
+    """
+    series = {"as predicted": probs}
+    if calibrated_probs is not None:
+        series["calibrated"] = calibrated_probs
+    fig, (ax, ax_count) = plt.subplots(
+        2, 1, figsize=(5.5, 6), sharex=True, height_ratios=[3, 1], layout="constrained"
+    )
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    eces = []
+    width = 1.0 / n_bins / len(series)
+    for k, (name, frame) in enumerate(series.items()):
+        table = reliability_table(frame, labels, n_bins)
+        filled = table[table["count"] > 0]
+        eces.append(_ece(table))
+        ax.plot(filled["confidence"], filled["accuracy"], "o-",
+                label=f"{name} (ECE {eces[-1]:.3f})")
+        ax_count.bar(table["low"] + (k + 0.5) * width, table["count"] / table["count"].sum(),
+                     width, label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy in the bin")
+    ax.legend(fontsize=8, loc="upper left")
+    ax_count.set_xlabel("confidence (top predicted probability)")
+    ax_count.set_ylabel("share of images")
+    title = f"Reliability diagram: ECE {eces[0]:.3f}"
+    if len(eces) > 1:
+        title += f" → {eces[1]:.3f} after calibration"
+    ax.set_title(title)
+    return fig
+
+
+def _features_and_labels(data_or_features, labels: Labels | None) -> tuple[pd.DataFrame, Labels]:
+    """Features and labels from a CompetitionData-like object or a features frame plus labels."""
+    if isinstance(data_or_features, pd.DataFrame):
+        features = data_or_features
+    elif hasattr(data_or_features, "train_features"):
+        features = data_or_features.train_features
+        if labels is None:
+            labels = data_or_features.train_labels
+    else:
+        raise DataValidationError(
+            "expected the competition data or a features frame, not "
+            f"{type(data_or_features).__name__}",
+            fix="pass load_competition(...) or its train_features with labels",
+        )
+    if labels is None:
+        raise DataValidationError("labels are missing", fix="pass labels=data.train_labels")
+    return features, labels
+
+
+def _check_positive(value: int, name: str, example: int) -> None:
+    """Refuse anything but a positive integer."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise DataValidationError(
+            f"{name} must be a positive integer, got {value!r}", fix=f"pass e.g. {name}={example}"
+        )
+
+
+def _require_paths(features: pd.DataFrame, ids: pd.Index) -> None:
+    """Refuse features without an absolute ``path`` for each of ``ids``."""
+    if not isinstance(features, pd.DataFrame) or "path" not in features.columns:
+        raise DataValidationError(
+            "features have no 'path' column (absolute image paths)",
+            column="path",
+            fix="use the features of load_competition, which adds it from filepath and the root",
+        )
+    missing = pd.Index(ids).difference(features.index)
+    if len(missing):
+        raise DataValidationError(
+            "these ids are not in the features",
+            rows=missing,
+            fix="pass the features of the same images",
+        )
+
+
+def _thumbnail(path: str | Path) -> np.ndarray:
+    """The image at ``path`` as an RGB array no larger than `THUMBNAIL_SIDE`."""
+    image = open_image(path)
+    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    return np.asarray(image)
+
+
+def _label_bars(ax: Axes, bars, counts: pd.Series, total: int) -> None:
+    """Write "count · share" at the end of each bar, with room for the text."""
+    ax.bar_label(bars, labels=[f"{c:,} · {c / total:.1%}" for c in counts], padding=3, fontsize=8)
+    ax.margins(x=0.18)
+
+
+def _grouped_bars(
+    ax: Axes, values: Mapping[str, pd.Series], names: list[str], *, horizontal: bool
+) -> None:
+    """One group of bars per name (species), one bar per entry of ``values``, with a legend."""
+    positions = np.arange(len(names))
+    thickness = 0.8 / len(values)
+    for k, (label, series) in enumerate(values.items()):
+        offsets = positions + (k - (len(values) - 1) / 2) * thickness
+        heights = series.reindex(names, fill_value=0).to_numpy()
+        if horizontal:
+            ax.barh(offsets, heights, thickness, label=label)
+        else:
+            ax.bar(offsets, heights, thickness, label=label)
+    if horizontal:
+        ax.set_yticks(positions, names)
+        ax.invert_yaxis()  # first species on top, as in a table
+    else:
+        ax.set_xticks(positions, names, rotation=30, ha="right")
+    ax.legend(fontsize=8)
+
+
+def _check_probs(probs: pd.DataFrame) -> None:
+    """Refuse anything but a non-empty frame of numeric probabilities."""
+    if not isinstance(probs, pd.DataFrame) or probs.empty:
+        raise DataValidationError(
+            "probs must be a non-empty DataFrame indexed by id with one column per species",
+            fix="pass the frame returned by predict",
+        )
+    non_numeric = [c for c in probs.columns if not pd.api.types.is_numeric_dtype(probs[c])]
+    if non_numeric:
+        raise DataValidationError(
+            "probability columns must be numeric",
+            column=str(non_numeric[0]),
+            fix="pass the frame returned by predict",
+        )
+
+
+def _align(probs: pd.DataFrame, labels: Labels) -> tuple[pd.DataFrame, pd.Series]:
+    """Probabilities and the true species of the same ids, in the order of ``probs``."""
+    _check_probs(probs)
+    species = labels_to_species(labels)
+    missing = probs.index.difference(species.index)
+    if len(missing):
+        raise DataValidationError(
+            "these ids have probabilities but no label",
+            rows=missing,
+            fix="evaluate on labelled images (the eval side of the split)",
+        )
+    true = species.reindex(probs.index)
+    unknown = sorted(set(true) - set(probs.columns))
+    if unknown:
+        raise DataValidationError(
+            f"labels name species that have no probability column: {unknown}",
+            fix="predict with the same species list as the labels",
+        )
+    return probs, true
+
+
+def _ece(table: pd.DataFrame) -> float:
+    """Expected calibration error from a `reliability_table`."""
+    filled = table[table["count"] > 0]
+    gaps = (filled["accuracy"] - filled["confidence"]).abs()
+    return float((gaps * filled["count"]).sum() / filled["count"].sum())
+
+
+def _predicted(probs: pd.DataFrame) -> pd.Series:
+    """The most probable species of each row."""
+    names = probs.columns[probs.to_numpy().argmax(axis=1)].astype(str)
+    return pd.Series(names, index=probs.index, name="predicted")

@@ -1,0 +1,241 @@
+"""Submissions: probabilities in exactly the layout of submission_format, checked before writing.
+
+The competition scores a CSV with one row per test id, in the order of ``submission_format.csv``,
+and one probability column per species, in its order. A missing or extra id, a swapped column
+or a row that does not sum to 1 makes the upload fail (or, worse, score the wrong rows), so
+`write_submission` refuses to write anything `validate_submission` does not pass.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from conserviz_utils.errors import SubmissionError
+
+#: How far a row's probabilities may sum from 1.
+ROW_SUM_TOLERANCE = 1e-6
+
+_FIX_WITH_MAKE = "build it with make_submission(probs, submission_format)"
+
+
+def make_submission(probs: pd.DataFrame, submission_format: pd.DataFrame) -> pd.DataFrame:
+    """Lay out predicted probabilities in the exact row and column order of submission_format.
+
+    Every test id must be predicted exactly once: missing, extra or repeated ids are refused,
+    never filled in or dropped.
+
+    Args:
+        probs: probabilities indexed by id with one column per species (e.g. from ``predict``),
+            rows and columns in any order.
+        submission_format: the competition's ``submission_format.csv`` indexed by id.
+
+    Returns:
+        A float64 frame with the index and columns of ``submission_format``.
+    """
+    _require_frame(probs, "probs")
+    _check_format(submission_format)
+    _check_columns(probs, submission_format, allow_reordered=True)
+    _check_ids(probs, submission_format)
+    _check_numeric(probs)
+    columns = list(submission_format.columns)
+    submission = probs.loc[submission_format.index, columns].astype("float64")
+    submission.index = submission_format.index.copy()
+    return submission
+
+
+def validate_submission(df: pd.DataFrame, submission_format: pd.DataFrame) -> None:
+    """Raise `SubmissionError` unless ``df`` is a submission the competition will accept.
+
+    Checks, in order: the index name, the columns and their order, duplicated, missing and
+    extra ids, the row order, numeric values, NaN or infinite values, values outside [0, 1],
+    and rows whose probabilities do not sum to 1 (within `ROW_SUM_TOLERANCE`).
+    """
+    _require_frame(df, "the submission")
+    _check_format(submission_format)
+    expected_name = submission_format.index.name or "id"
+    if df.index.name != expected_name:
+        fix = (
+            f"df = df.set_index({expected_name!r})"
+            if expected_name in df.columns
+            else f"df.index.name = {expected_name!r} (the index must hold the test ids)"
+        )
+        raise SubmissionError(
+            f"the index is named {df.index.name!r}, expected {expected_name!r}", fix=fix
+        )
+    _check_columns(df, submission_format, allow_reordered=False)
+    _check_ids(df, submission_format)
+    if not df.index.equals(submission_format.index):
+        out_of_place = df.index[df.index.to_numpy() != submission_format.index.to_numpy()]
+        raise SubmissionError(
+            "rows are not in the order of submission_format",
+            rows=out_of_place,
+            fix=f"df = df.reindex(submission_format.index), or {_FIX_WITH_MAKE}",
+        )
+    _check_numeric(df)
+    values = df.to_numpy(dtype="float64")
+    _check_values(df, ~np.isfinite(values), "NaN or infinite probabilities",
+                  "predict every test image; a NaN usually means the model diverged")
+    _check_values(df, (values < 0) | (values > 1), "probabilities outside [0, 1]",
+                  "pass softmax probabilities, not logits (predict returns probabilities)")
+    off = np.abs(values.sum(axis=1) - 1.0) > ROW_SUM_TOLERANCE
+    if off.any():
+        raise SubmissionError(
+            f"rows do not sum to 1 (within {ROW_SUM_TOLERANCE:g})",
+            rows=df.index[off],
+            fix="normalise each row (df.div(df.sum(axis=1), axis=0)) or pass softmax outputs",
+        )
+
+
+def write_submission(df: pd.DataFrame, path: str | Path, submission_format: pd.DataFrame) -> Path:
+    """Validate ``df`` and write it as a CSV the competition accepts; never writes an invalid one.
+
+    The file is written to a temporary name and renamed into place, so an interrupted write never
+    leaves a half-written submission. Floats are written at full (round-trip) precision.
+
+    Returns:
+        The path written.
+    """
+    validate_submission(df, submission_format)
+    return _write_csv_atomically(df, Path(path))
+
+
+def read_submission(path: str | Path) -> pd.DataFrame:
+    """Read a submission CSV into a frame indexed by id (to validate or compare it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(
+            "submission file not found", path=path, fix="write it with write_submission first"
+        )
+    try:
+        df = pd.read_csv(path, encoding="utf-8-sig", dtype={"id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise SubmissionError(
+            f"not a readable CSV ({exc})", path=path, fix="write it again with write_submission"
+        ) from None
+    if "id" not in df.columns:
+        raise SubmissionError(
+            "no 'id' column", path=path, column="id", fix="the first column must hold the test ids"
+        )
+    return df.set_index("id")
+
+
+def _require_frame(obj: object, what: str) -> None:
+    """Refuse anything but a DataFrame, naming what was expected."""
+    if not isinstance(obj, pd.DataFrame):
+        raise SubmissionError(
+            f"{what} must be a pandas DataFrame indexed by id, not {type(obj).__name__}",
+            fix="pass the frame returned by predict, or read the CSV with index_col='id'",
+        )
+
+
+def _check_format(submission_format: pd.DataFrame) -> None:
+    """Refuse a submission_format that was read without its id index."""
+    _require_frame(submission_format, "submission_format")
+    if "id" in submission_format.columns:
+        raise SubmissionError(
+            "submission_format holds the ids as a column, not as its index",
+            column="id",
+            fix="read it with pd.read_csv(path, index_col='id'), or use data.submission_format",
+        )
+
+
+def _check_numeric(df: pd.DataFrame) -> None:
+    """Refuse columns that do not hold numbers (text, booleans)."""
+    for column in df.columns:
+        dtype = df[column].dtype
+        if not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
+            raise SubmissionError(
+                f"values must be numbers, found dtype {dtype}",
+                column=str(column),
+                fix="store probabilities as floats",
+            )
+
+
+def _check_columns(
+    df: pd.DataFrame, submission_format: pd.DataFrame, *, allow_reordered: bool
+) -> None:
+    """Refuse missing, extra or repeated species columns (and reordered ones unless allowed)."""
+    expected = list(submission_format.columns)
+    found = list(df.columns)
+    missing = [c for c in expected if c not in found]
+    if missing:
+        raise SubmissionError(
+            f"missing species column(s) {missing}",
+            column=str(missing[0]),
+            fix=f"give one probability column per species: {expected}",
+        )
+    extra = [c for c in found if c not in expected]
+    if extra:
+        raise SubmissionError(
+            f"unexpected column(s) {extra}",
+            column=str(extra[0]),
+            fix=f"keep only the species columns {expected}",
+        )
+    if len(found) != len(set(found)):
+        repeated = sorted({c for c in found if found.count(c) > 1})
+        raise SubmissionError(
+            f"repeated column(s) {repeated}", column=str(repeated[0]), fix="keep each species once"
+        )
+    if not allow_reordered and found != expected:
+        first = next(f for f, e in zip(found, expected, strict=True) if f != e)
+        raise SubmissionError(
+            f"columns are in the wrong order: {found}, expected {expected}",
+            column=str(first),
+            fix=f"df = df[submission_format.columns], or {_FIX_WITH_MAKE}",
+        )
+
+
+def _check_ids(df: pd.DataFrame, submission_format: pd.DataFrame) -> None:
+    """Refuse duplicated ids, test ids without a row, and rows that are not test ids."""
+    if df.index.has_duplicates:
+        raise SubmissionError(
+            "some ids appear more than once",
+            rows=df.index[df.index.duplicated()].unique(),
+            fix="keep one row per test id",
+        )
+    missing = submission_format.index.difference(df.index, sort=False)
+    if len(missing):
+        raise SubmissionError(
+            "test ids without a prediction",
+            rows=missing,
+            fix="predict on every test image (data.test_features) with on_error='raise'",
+        )
+    extra = df.index.difference(submission_format.index, sort=False)
+    if len(extra):
+        raise SubmissionError(
+            "rows whose ids are not in submission_format",
+            rows=extra,
+            fix="predict on the test images only (train or eval ids do not belong here)",
+        )
+
+
+def _check_values(df: pd.DataFrame, bad: np.ndarray, problem: str, fix: str) -> None:
+    """Raise naming the first bad column and every bad row, if ``bad`` marks any cell."""
+    if bad.any():
+        raise SubmissionError(
+            problem,
+            column=str(df.columns[bad.any(axis=0)][0]),
+            rows=df.index[bad.any(axis=1)],
+            fix=fix,
+        )
+
+
+def _write_csv_atomically(frame: pd.DataFrame, path: Path) -> Path:
+    """Write ``frame`` (index included) to ``path`` via a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same folder, so the rename is atomic; a plain open() keeps the usual file permissions.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            frame.to_csv(handle, lineterminator="\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
