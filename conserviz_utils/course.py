@@ -188,42 +188,73 @@ def make_loaders(data, splits, settings: CourseSettings, model):
     return train_loader, make_loader(eval_set, batch_size=2 * settings.batch_size)
 
 
-def train_head(model, data, splits, settings: CourseSettings, progress: bool = True):
-    """Stage 1, the fast path: freeze the backbone, embed the images once, train the head on them.
-
-    Returns:
-        The head's training history (one row per batch, eval columns per epoch).
-    """
+def embed_images(model, features, settings: CourseSettings, progress: bool = True):
+    """Freeze ``model``'s backbone and embed ``features``' images once, cached under outputs/."""
     from conserviz_utils.data import default_transform
-    from conserviz_utils.features import compute_embeddings, fit_head
+    from conserviz_utils.features import compute_embeddings
     from conserviz_utils.models import freeze_backbone, model_info
 
     freeze_backbone(model)
     info = model_info(model.arch)
-    transform = default_transform(info.input_size, info.mean, info.std)
-    train_ids, eval_ids = splits
+    return compute_embeddings(
+        model,
+        features,
+        transform=default_transform(info.input_size, info.mean, info.std),
+        cache_dir=settings.artifacts.features,
+        batch_size=2 * settings.batch_size,
+        progress=progress,
+    )
+
+
+def _fit_head_on_split(head, embeddings, data, split, settings: CourseSettings, progress: bool):
+    from conserviz_utils.features import fit_head
+
+    train_ids, eval_ids = split
     train_ids = training_ids(train_ids, settings)
-    embedded = {
-        name: compute_embeddings(
-            model,
-            data.train_features.loc[ids],
-            transform=transform,
-            cache_dir=settings.artifacts.features,
-            batch_size=2 * settings.batch_size,
-            progress=progress,
-        )
-        for name, ids in (("train", train_ids), ("eval", eval_ids))
-    }
     return fit_head(
-        model.head,
-        embedded["train"],
+        head,
+        embeddings.select(train_ids),
         data.train_labels.loc[train_ids],
-        embedded["eval"],
+        embeddings.select(eval_ids),
         data.train_labels.loc[eval_ids],
         epochs=settings.head_epochs,
         seed=settings.seed,
         progress=progress,
     )
+
+
+def train_head(model, embeddings, data, splits, settings: CourseSettings, progress: bool = True):
+    """Stage 1, the fast path: train ``model.head`` on cached embeddings of the split's images.
+
+    Returns:
+        The head's training history (one row per batch, eval columns per epoch).
+    """
+    return _fit_head_on_split(model.head, embeddings, data, splits, settings, progress)
+
+
+def compare_splits(model, embeddings, data, splits_by_name, settings: CourseSettings):
+    """Train a fresh copy of ``model``'s head on each split and score it on that split's eval side.
+
+    The same images, the same head, the same epochs: only the split differs, so any gap in the
+    eval scores is what the split itself adds — for a random split, leakage between sites.
+
+    Returns:
+        One row per split: eval accuracy and eval log loss after the last epoch.
+    """
+    import copy
+
+    import pandas as pd
+
+    rows = {}
+    for name, split in splits_by_name.items():
+        head = copy.deepcopy(model.head)
+        for layer in head.modules():
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+        history = _fit_head_on_split(head, embeddings, data, split, settings, progress=False)
+        last = history.dropna(subset=["eval_log_loss"]).iloc[-1]
+        rows[name] = {"eval accuracy": last["eval_accuracy"], "eval log loss": last["eval_log_loss"]}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("split")
 
 
 def fine_tune(model, train_loader, eval_loader, settings: CourseSettings, lr: float = 1e-4,
@@ -267,7 +298,8 @@ def train_default_recipe(data, splits, settings: CourseSettings, progress: bool 
     from conserviz_utils.models import build_model
 
     model = build_model(settings.arch, pretrained=True, progress=progress)
-    head_history = train_head(model, data, splits, settings, progress=progress)
+    embeddings = embed_images(model, data.train_features, settings, progress=progress)
+    head_history = train_head(model, embeddings, data, splits, settings, progress=progress)
     best_loss = head_history["eval_log_loss"].dropna().iloc[-1]
     tuned_history = None
     if settings.epochs > 0:
@@ -290,17 +322,14 @@ def ensure_checkpoint(data, splits, settings: CourseSettings) -> Path:
     return path
 
 
-def eval_loader_for(model, data, eval_ids, settings: CourseSettings):
-    """A loader over the eval images in ``model``'s input format (no augmentation)."""
+def prediction_loader(model, features, settings: CourseSettings):
+    """A loader over ``features``' images in ``model``'s input format, without augmentation."""
     from conserviz_utils.data import ImagesDataset, default_transform, make_loader
     from conserviz_utils.models import model_info
 
     info = model_info(model.arch)
-    eval_set = ImagesDataset(
-        data.train_features.loc[eval_ids],
-        transform=default_transform(info.input_size, info.mean, info.std),
-    )
-    return make_loader(eval_set, batch_size=2 * settings.batch_size)
+    dataset = ImagesDataset(features, transform=default_transform(info.input_size, info.mean, info.std))
+    return make_loader(dataset, batch_size=2 * settings.batch_size)
 
 
 def headline_metrics(logits, data, splits) -> dict:
@@ -342,7 +371,7 @@ def evaluate_checkpoint(data, splits, settings: CourseSettings, progress: bool =
     from conserviz_utils.train import predict_logits
 
     model, _ = load_checkpoint(ensure_checkpoint(data, splits, settings))
-    loader = eval_loader_for(model, data, splits[1], settings)
+    loader = prediction_loader(model, data.train_features.loc[splits[1]], settings)
     return headline_metrics(predict_logits(model, loader, progress=progress), data, splits)
 
 
