@@ -21,9 +21,11 @@ test: unit notebooks
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests
 
-# Every notebook in its own fresh kernel, on the quick sample (CONSERVIZ_QUICK=1).
+# Every notebook in its own fresh kernel, on the quick sample (CONSERVIZ_QUICK=1), writing to
+# outputs/quick/ so a test run never touches the outputs of `make course`.
 notebooks: $(STAMP)
-	CONSERVIZ_QUICK=1 $(BIN)/python -m pytest --nbval-lax --nbval-current-env \
+	CONSERVIZ_QUICK=1 CONSERVIZ_OUTPUTS=$(CURDIR)/outputs/quick \
+		$(BIN)/python -m pytest --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider notebooks/
 
 lab: $(STAMP)
