@@ -41,7 +41,7 @@ class CourseSettings:
     quick: bool = False  # CONSERVIZ_QUICK: small sample, one short epoch (CI)
     output_dir: Path = DEFAULT_OUTPUT_DIR  # CONSERVIZ_OUTPUTS
     arch: str = "efficientnet_lite0"  # CONSERVIZ_ARCH: offline-pretrained, fast on a CPU
-    epochs: int = 2  # CONSERVIZ_EPOCHS: full fine-tuning epochs after the head is trained
+    epochs: int = 1  # CONSERVIZ_EPOCHS: full fine-tuning epochs after the head is trained
     head_epochs: int = 30  # CONSERVIZ_HEAD_EPOCHS: epochs of the head on cached embeddings
     batch_size: int = 32  # CONSERVIZ_BATCH_SIZE
     seed: int = 0  # CONSERVIZ_SEED
@@ -73,7 +73,7 @@ class CourseSettings:
             output_dir=Path(env.get("CONSERVIZ_OUTPUTS") or DEFAULT_OUTPUT_DIR).expanduser(),
             arch=env.get("CONSERVIZ_ARCH") or cls.arch,
             epochs=number("EPOCHS", 1 if quick else cls.epochs),
-            head_epochs=number("HEAD_EPOCHS", 10 if quick else cls.head_epochs),
+            head_epochs=number("HEAD_EPOCHS", cls.head_epochs),  # seconds either way
             batch_size=number("BATCH_SIZE", cls.batch_size),
             seed=number("SEED", cls.seed),
             max_train_images=number("MAX_TRAIN_IMAGES", 240 if quick else None),
@@ -218,9 +218,19 @@ def _fit_head_on_split(head, embeddings, data, split, settings: CourseSettings, 
         embeddings.select(eval_ids),
         data.train_labels.loc[eval_ids],
         epochs=settings.head_epochs,
+        # Small batches: many more steps per epoch, which a small sample needs, at no real cost.
+        batch_size=64,
+        # The head overfits a few thousand embeddings within a few epochs; keep the best epoch.
+        early_stopping=3,
         seed=settings.seed,
         progress=progress,
     )
+
+
+def best_epoch(history):
+    """The eval row of the epoch with the lowest eval log loss (the weights early stopping kept)."""
+    evals = history.dropna(subset=["eval_log_loss"])
+    return evals.loc[evals["eval_log_loss"].idxmin()]
 
 
 def train_head(model, embeddings, data, splits, settings: CourseSettings, progress: bool = True):
@@ -252,8 +262,8 @@ def compare_splits(model, embeddings, data, splits_by_name, settings: CourseSett
             if hasattr(layer, "reset_parameters"):
                 layer.reset_parameters()
         history = _fit_head_on_split(head, embeddings, data, split, settings, progress=False)
-        last = history.dropna(subset=["eval_log_loss"]).iloc[-1]
-        rows[name] = {"eval accuracy": last["eval_accuracy"], "eval log loss": last["eval_log_loss"]}
+        best = best_epoch(history)
+        rows[name] = {"eval accuracy": best["eval_accuracy"], "eval log loss": best["eval_log_loss"]}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("split")
 
 
@@ -300,7 +310,7 @@ def train_default_recipe(data, splits, settings: CourseSettings, progress: bool 
     model = build_model(settings.arch, pretrained=True, progress=progress)
     embeddings = embed_images(model, data.train_features, settings, progress=progress)
     head_history = train_head(model, embeddings, data, splits, settings, progress=progress)
-    best_loss = head_history["eval_log_loss"].dropna().iloc[-1]
+    best_loss = best_epoch(head_history)["eval_log_loss"]
     tuned_history = None
     if settings.epochs > 0:
         head_only = copy.deepcopy(model.state_dict())

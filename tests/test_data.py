@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torchvision.transforms as legacy_transforms
 from PIL import Image
 from torchvision.transforms import v2
 
-from conserviz_utils import SPECIES, data
+from conserviz_utils import SPECIES, data, sample
 from conserviz_utils.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -486,7 +487,8 @@ def fake_generator(monkeypatch):
         calls.append({"out": Path(out), "n_train": n_train, "n_test": n_test, "seed": seed,
                       "image_scale": image_scale, "progress": progress})
         write_competition(Path(out), n_train=8, n_test=2, images=False)
-        (Path(out) / data.SAMPLE_MARKER).write_text("{}")
+        marker = {"generator": sample.GENERATOR_NAME, "generator_version": sample.GENERATOR_VERSION}
+        (Path(out) / data.SAMPLE_MARKER).write_text(json.dumps(marker))
 
     import conserviz_utils.sample
 
@@ -546,3 +548,13 @@ def test_resolve_rebuilds_an_interrupted_sample(project, fake_generator):
 
 def test_project_root_is_the_checkout():
     assert (data._project_root() / "conserviz_utils" / "data.py").is_file()
+
+
+def test_resolve_rebuilds_a_sample_made_by_an_older_generator(project, fake_generator):
+    resolve_data_dir(quick=True, verbose=False)
+    marker_path = resolve_data_dir(quick=True, verbose=False) / data.SAMPLE_MARKER
+    marker = json.loads(marker_path.read_text())
+    marker["generator_version"] = sample.GENERATOR_VERSION - 1
+    marker_path.write_text(json.dumps(marker))
+    resolve_data_dir(quick=True, verbose=False)
+    assert len(fake_generator) == 2
