@@ -18,6 +18,7 @@ from torchvision.transforms import v2
 
 from conserviz_utils import SPECIES
 from conserviz_utils.errors import DataValidationError, ImageLoadError
+from conserviz_utils.image_cache import ImageCache
 from conserviz_utils.images import _as_size, open_image
 
 __all__ = [
@@ -632,6 +633,10 @@ class ImagesDataset(Dataset):
         decode_size: The ``(width, height)`` (or int side) images are decoded at; JPEGs
             then decode at a reduced scale, which is much faster. ``"auto"`` takes it from
             the transform's leading Resize; None decodes at full size.
+        cache_dir: Read images through the on-disk cache of pre-resized images in this
+            folder (`image_cache.ImageCache`, e.g. ``data/cache``): each is decoded once at
+            ``decode_size`` and read back later with the very same pixels. None decodes
+            every time.
     """
 
     def __init__(
@@ -642,6 +647,7 @@ class ImagesDataset(Dataset):
         on_error: str = "raise",
         *,
         decode_size: int | tuple[int, int] | str | None = "auto",
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -657,6 +663,12 @@ class ImagesDataset(Dataset):
         self.decode_size = (
             _decode_size(self.transform) if decode_size == "auto" else _as_size(decode_size)
         )
+        if cache_dir is not None and self.decode_size is None:
+            raise ValueError(
+                "cache_dir stores images at the decode size, and there is none: use a transform "
+                "that starts with Resize((height, width)), or pass decode_size"
+            )
+        self.cache = None if cache_dir is None else ImageCache(self.decode_size, root=cache_dir)
         # Plain lists, not a frame: fast to index and cheap to send to loader workers.
         self.image_ids = [str(image_id) for image_id in features.index]
         self.paths = [str(path) for path in features[column]]
@@ -669,7 +681,10 @@ class ImagesDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         image_id = self.image_ids[index]
         try:
-            image = open_image(self.paths[index], target_size=self.decode_size)
+            if self.cache is not None:
+                image = self.cache.load(self.paths[index])
+            else:
+                image = open_image(self.paths[index], target_size=self.decode_size)
         except ImageLoadError as exc:
             if self.on_error == "skip":
                 return {"image_id": image_id, "error": str(exc)}
@@ -829,9 +844,15 @@ def _project_root() -> Path:
 
 
 def _is_complete_sample(folder: Path) -> bool:
-    """A finished sample build: the generator writes its marker last, after the CSVs."""
-    return (folder / SAMPLE_MARKER).is_file() and all(
-        (folder / f"{name}.csv").is_file() for name in _TABLES
+    """A finished sample build by this generator version (its marker is written last)."""
+    from conserviz_utils.sample import GENERATOR_VERSION, sample_marker
+
+    marker = sample_marker(folder)
+    # A sample from an older generator is rebuilt, so every learner sees the same images.
+    return (
+        marker is not None
+        and marker.get("generator_version") == GENERATOR_VERSION
+        and all((folder / f"{name}.csv").is_file() for name in _TABLES)
     )
 
 
