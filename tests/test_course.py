@@ -86,3 +86,21 @@ def test_later_notebooks_rebuild_the_model_and_metrics_when_04_was_skipped(cours
     # Saved, and reused while the checkpoint is unchanged.
     assert settings.artifacts.metrics.is_file()
     assert ensure_metrics(data, splits, settings) == metrics
+
+
+def test_run_notebooks_executes_in_order_and_keeps_a_failed_copy(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from conserviz_utils.course import run_notebooks
+
+    nbformat.write(new_notebook(cells=[new_code_cell("open('ran', 'w').write('yes')")]), tmp_path / "a.ipynb")
+    nbformat.write(new_notebook(cells=[new_code_cell("1 / 0")]), tmp_path / "b.ipynb")
+    executed = tmp_path / "executed"
+    timings = run_notebooks(tmp_path, executed, names=("a",))
+    assert [name for name, _ in timings] == ["a"]
+    assert (tmp_path / "ran").read_text() == "yes"  # the kernel runs in the notebooks' folder
+    with pytest.raises(SystemExit, match="b.ipynb failed"):
+        run_notebooks(tmp_path, executed, names=("b",))
+    failed = nbformat.read(executed / "b.ipynb", as_version=4)
+    assert failed.cells[0].outputs[0]["ename"] == "ZeroDivisionError"
