@@ -294,7 +294,9 @@ def fine_tune(model, train_loader, eval_loader, settings: CourseSettings, lr: fl
     )
 
 
-def train_default_recipe(data, splits, settings: CourseSettings, progress: bool = True):
+def train_default_recipe(
+    data, splits, settings: CourseSettings, progress: bool = True, pretrained: bool = True
+):
     """The course's default recipe: head on cached embeddings, then (if asked) a short fine-tune.
 
     Keeps whichever stage scored the lower eval log loss, and saves it as the run's checkpoint.
@@ -307,7 +309,7 @@ def train_default_recipe(data, splits, settings: CourseSettings, progress: bool 
     from conserviz_utils.checkpoint import save_checkpoint
     from conserviz_utils.models import build_model
 
-    model = build_model(settings.arch, pretrained=True, progress=progress)
+    model = build_model(settings.arch, pretrained=pretrained, progress=progress)
     embeddings = embed_images(model, data.train_features, settings, progress=progress)
     head_history = train_head(model, embeddings, data, splits, settings, progress=progress)
     best_loss = best_epoch(head_history)["eval_log_loss"]
