@@ -108,6 +108,11 @@ class CourseArtifacts:
         return self.output_dir / "model.pt"
 
     @property
+    def resume(self) -> Path:
+        """Fine-tuning's resumable state, written after every epoch and when interrupted."""
+        return self.output_dir / "fine_tune_resume.pt"
+
+    @property
     def metrics(self) -> Path:
         return self.output_dir / "metrics.json"
 
@@ -268,11 +273,12 @@ def compare_splits(model, embeddings, data, splits_by_name, settings: CourseSett
 
 
 def fine_tune(model, train_loader, eval_loader, settings: CourseSettings, lr: float = 1e-4,
-              progress: bool = True):
+              progress: bool = True, resume: bool = False):
     """Stage 2: unfreeze the whole network and train it end to end at a low learning rate.
 
     The low rate keeps the pretrained features from being wrecked in the first batches; early
-    stopping on eval log loss keeps the best epoch.
+    stopping on eval log loss keeps the best epoch. Stopped (Ctrl-C, the notebook's stop button,
+    SIGTERM), it saves its state at the next batch boundary; ``resume=True`` continues from there.
     """
     import torch
 
@@ -288,7 +294,8 @@ def fine_tune(model, train_loader, eval_loader, settings: CourseSettings, lr: fl
         epochs=settings.epochs,
         optimizer=optimizer,
         early_stopping=1,
-        checkpoint_path=settings.artifacts.output_dir / "interrupted.pt",
+        checkpoint_path=settings.artifacts.resume,
+        resume_from=settings.artifacts.resume if resume and settings.artifacts.resume.is_file() else None,
         seed=settings.seed,
         progress=progress,
     )
