@@ -77,16 +77,17 @@ class CacheReport:
 class ImageCache:
     """Pre-resized copies of images, stored under ``root/<width>x<height>/``.
 
+    Usually made for you: ``ImagesDataset(..., cache_dir="data/cache")`` builds one at the size
+    it decodes at (its transform's first Resize), so the transform's own resize becomes a no-op
+    and the pixels are exactly those of the uncached pipeline.
+
     Args:
         size: Target size, ``(width, height)`` as in ``open_image``, or an int for a square.
-            Match it to the transform's resize so that the resize there becomes a no-op and the
-            pixels are exactly those of an uncached pipeline.
         root: The cache folder; default ``data/cache`` in the project.
 
     Example:
-        >>> cache = ImageCache(224)                       # doctest: +SKIP
-        >>> cache.build(data.train_features["path"])      # doctest: +SKIP
-        >>> dataset = ImagesDataset(features, labels, transform, cache=cache)  # doctest: +SKIP
+        >>> dataset = ImagesDataset(data.train_features, data.train_labels, cache_dir="data/cache")  # doctest: +SKIP
+        >>> dataset.cache.build(dataset.paths)  # decode every image once, with a progress bar  # doctest: +SKIP
     """
 
     def __init__(self, size: int | tuple[int, int] = 224, root: str | os.PathLike = DEFAULT_CACHE_DIR) -> None:
