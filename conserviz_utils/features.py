@@ -591,7 +591,8 @@ def fit_head(
     Returns:
         The history in ``train.fit``'s layout (columns ``train.HISTORY_COLUMNS``): one "train"
         row per batch and, with eval data, one "eval" row per epoch; ``epoch`` and ``batch``
-        count from 1. ``.attrs`` holds device, precision ("fp32"), seed and epochs_completed.
+        count from 1. ``.attrs`` holds device, precision ("fp32"), seed and epochs_completed;
+        with early stopping also best_epoch, best_eval_log_loss and stopped_early.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
