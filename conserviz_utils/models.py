@@ -30,11 +30,9 @@ import torch
 from torch import nn
 
 from conserviz_utils import SPECIES
+# ImageNet normalisation, used by every backbone here: one definition, next to the transforms.
+from conserviz_utils.data import IMAGENET_MEAN, IMAGENET_STD
 from conserviz_utils.errors import WeightsUnavailableError
-
-#: ImageNet normalisation, used by every backbone here.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: The course's default on a CPU: its ImageNet weights ship inside an installed package.
 DEFAULT_ARCH_CPU = "efficientnet_lite0"
