@@ -440,7 +440,7 @@ def load_checkpoint(
     """
     path = Path(path)
     if str(device) == "auto":
-        from conserviz_utils.train import pick_device
+        from conserviz_utils.device import pick_device
 
         device = pick_device("auto")
     device = torch.device(device)

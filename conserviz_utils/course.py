@@ -196,7 +196,7 @@ def make_loaders(data, splits, settings: CourseSettings, model):
 def embed_images(model, features, settings: CourseSettings, progress: bool = True):
     """Freeze ``model``'s backbone and embed ``features``' images once, cached under outputs/."""
     from conserviz_utils.data import default_transform
-    from conserviz_utils.features import compute_embeddings
+    from conserviz_utils.embeddings import compute_embeddings
     from conserviz_utils.models import freeze_backbone, model_info
 
     freeze_backbone(model)

@@ -14,14 +14,8 @@ from torch import nn
 
 from conserviz_utils import SPECIES, DataValidationError, ImageLoadError
 from conserviz_utils.data import ImagesDataset, default_transform, load_competition, make_loader
-from conserviz_utils.features import (
-    Embeddings,
-    compute_embeddings,
-    fit_head,
-    load_embeddings,
-    predict_from_embeddings,
-    predict_logits_from_embeddings,
-)
+from conserviz_utils.embeddings import Embeddings, compute_embeddings, load_embeddings
+from conserviz_utils.features import fit_head, predict_from_embeddings, predict_logits_from_embeddings
 from conserviz_utils.images import open_image
 from conserviz_utils.metrics import log_loss
 from conserviz_utils.train import HISTORY_COLUMNS, predict

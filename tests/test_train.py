@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from conserviz_utils import SPECIES, TrainingError
 from conserviz_utils import train as train_module
+from conserviz_utils import device as device_module
 from conserviz_utils.checkpoint import resume_state
 from conserviz_utils.data import collate_images
 from conserviz_utils.train import (
@@ -153,12 +154,12 @@ def test_pick_device_refuses_missing_cuda():
 
 
 def test_pick_precision_on_cpus(monkeypatch):
-    monkeypatch.setattr(train_module, "cpu_bf16_support", lambda: "amx")
+    monkeypatch.setattr(device_module, "cpu_bf16_support", lambda: "amx")
     assert pick_precision("auto", "cpu") == "bf16"
     # AVX512-BF16 without AMX trains slower in bf16 than in fp32 (measured): auto stays fp32.
-    monkeypatch.setattr(train_module, "cpu_bf16_support", lambda: "avx512_bf16")
+    monkeypatch.setattr(device_module, "cpu_bf16_support", lambda: "avx512_bf16")
     assert pick_precision("auto", "cpu") == "fp32"
-    monkeypatch.setattr(train_module, "cpu_bf16_support", lambda: "none")
+    monkeypatch.setattr(device_module, "cpu_bf16_support", lambda: "none")
     assert pick_precision("auto", "cpu") == "fp32"
     assert pick_precision("bf16", "cpu") == "bf16"  # asked for explicitly: allowed, if slow
     assert pick_precision("fp32", "cpu") == "fp32"
@@ -178,9 +179,9 @@ def test_cpu_bf16_detection_reads_the_cpu_flags(monkeypatch):
         frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}): "amx",
     }
     for flags, expected in cases.items():
-        monkeypatch.setattr(train_module, "_cpu_flags", lambda flags=flags: flags)
+        monkeypatch.setattr(device_module, "_cpu_flags", lambda flags=flags: flags)
         assert detect() == expected
-        monkeypatch.setattr(train_module, "cpu_bf16_support", lambda expected=expected: expected)
+        monkeypatch.setattr(device_module, "cpu_bf16_support", lambda expected=expected: expected)
         assert cpu_supports_bf16() is (expected != "none")
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     assert detect() == "none"  # oneDNN cannot use the instructions: emulated

@@ -1,0 +1,137 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half of either.
+
+Every artifact conserviz writes (checkpoints, splits, metrics, submissions, caches) goes through
+:func:`atomic_writer`: the bytes go to a temporary file in the same folder, are flushed to disk,
+and only then replace the target with ``os.replace``. A crash, a full disk or Ctrl-C during the
+write leaves the previous file as it was and no temporary file behind. When the write fails, the
+error names the real target (not the hidden temporary file) and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from conserviz_utils.errors import ConservizError
+
+__all__ = [
+    "TEMP_PREFIX",
+    "atomic_write_bytes",
+    "atomic_write_csv",
+    "atomic_write_json",
+    "atomic_write_text",
+    "atomic_writer",
+    "write_failure_fix",
+]
+
+#: Temporary files start with this and end with ``.tmp``; their name carries the writer's pid so
+#: that leftovers of killed runs can be told apart from writes in progress.
+TEMP_PREFIX = ".conserviz-"
+
+
+def write_failure_fix(err: OSError, folder: Path) -> str:
+    """The fix to suggest when writing into ``folder`` failed with ``err``."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"free some disk space on the drive of {folder} (or write elsewhere), then run again"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{folder} is not writable: choose a writable folder (e.g. set CONSERVIZ_OUTPUTS)"
+    return f"check that {folder} exists and is writable, then run again"
+
+
+def temp_path_for(path: Path) -> Path:
+    """A fresh temporary path beside ``path`` that names this process."""
+    return path.parent / f"{TEMP_PREFIX}{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entry table, so a rename survives a power cut (best effort)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike, mode: str = "w", *, what: str = "file") -> Iterator[IO[Any]]:
+    """Open a temporary file that replaces ``path`` when the block ends without an error.
+
+    Args:
+        path: The file to write.
+        mode: "w" (text, UTF-8, newlines as given) or "wb" (bytes).
+        what: What the file is, for error messages ("checkpoint", "metrics", ...).
+
+    Raises:
+        ConservizError: the folder cannot be created or written (full disk, read-only), naming
+            ``path`` and the fix. Nothing partial is left behind.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConservizError(
+            f"cannot create the folder for this {what} ({err.strerror})",
+            path=target,
+            fix=write_failure_fix(err, target.parent),
+        ) from None
+    temp = temp_path_for(target)
+    try:
+        kwargs = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
+        with open(temp, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, target)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise ConservizError(
+            f"could not write this {what} ({err.strerror or err}); the previous version, if any, is unchanged",
+            path=target,
+            fix=write_failure_fix(err, target.parent),
+        ) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    fsync_folder(target.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "file") -> Path:
+    """Write ``data`` to ``path`` atomically; returns the path."""
+    with atomic_writer(path, "wb", what=what) as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, what: str = "file") -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    with atomic_writer(path, "w", what=what) as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, what: str = "file") -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically; returns the path."""
+    # Serialise first: a value JSON cannot hold fails before anything is opened.
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    return atomic_write_text(path, text, what=what)
+
+
+def atomic_write_csv(path: str | os.PathLike, frame, *, what: str = "CSV file", **to_csv: Any) -> Path:
+    """Write a pandas frame as CSV to ``path`` atomically (``to_csv`` options pass through)."""
+    text = frame.to_csv(**to_csv)
+    return atomic_write_text(path, text, what=what)
