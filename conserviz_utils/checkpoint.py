@@ -20,14 +20,10 @@ leaves the previous checkpoint as it was, and no temporary file behind.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import errno
 import importlib.metadata
-import os
 import platform
 import re
-import secrets
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -39,6 +35,7 @@ from torch import nn
 
 from conserviz_utils import SPECIES, __version__
 from conserviz_utils.errors import CheckpointError
+from conserviz_utils.fileio import atomic_writer
 
 #: Marks a file as a conserviz checkpoint; :func:`load_checkpoint` refuses anything else.
 CHECKPOINT_FORMAT = "conserviz-checkpoint"
@@ -157,59 +154,10 @@ def _model_description(model: nn.Module) -> dict[str, Any]:
     return description
 
 
-def _write_failure_fix(err: OSError) -> str:
-    """What to do about an OSError raised while writing a checkpoint."""
-    if err.errno == errno.ENOSPC:
-        return "free some disk space, or save to a folder on another disk"
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "save to a folder you can write to"
-    return "check that the folder exists and is writable, then save again"
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Flush the folder entry of a renamed file to disk, where the platform allows it."""
-    if not hasattr(os, "O_DIRECTORY"):  # Windows: no directory handles to fsync
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_torch_save(payload: dict, path: Path) -> None:
+def atomic_torch_save(payload: dict, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise CheckpointError(
-            f"cannot create the checkpoint folder ({err.strerror})",
-            path=folder,
-            fix=_write_failure_fix(err),
-        ) from err
-    # Same folder, so the final rename never crosses file systems and stays atomic; the name
-    # starts with a dot and is unique per writer, so it never clashes with a real checkpoint.
-    temporary = folder / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    try:
-        with open(temporary, "xb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        if isinstance(err, OSError):
-            raise CheckpointError(
-                f"could not write the checkpoint ({err.strerror or err}); the previous "
-                "checkpoint at this path, if any, is unchanged",
-                path=path,
-                fix=_write_failure_fix(err),
-            ) from err
-        raise
-    _fsync_folder(folder)
+    with atomic_writer(path, "wb", what="checkpoint", error=CheckpointError) as handle:
+        torch.save(payload, handle)
 
 
 def save_checkpoint(
@@ -277,7 +225,7 @@ def save_checkpoint(
         "versions": _plain(_versions(), "versions"),
         "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    _atomic_torch_save(payload, path)
+    atomic_torch_save(payload, path)
     return path
 
 

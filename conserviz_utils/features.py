@@ -12,6 +12,7 @@ images, saves as a checkpoint and fine-tunes end to end as usual.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -19,22 +20,37 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+)
 
 from conserviz_utils import SPECIES
+from conserviz_utils.callbacks import Callback, EarlyStopping
 from conserviz_utils.device import pick_device
 from conserviz_utils.embeddings import Embeddings
-from conserviz_utils.errors import DataValidationError, TrainingError
-from conserviz_utils.metrics import accuracy, apply_temperature, log_loss
-from conserviz_utils.train import HISTORY_COLUMNS, EarlyStopping, _early_stopping
+from conserviz_utils.errors import DataValidationError
+from conserviz_utils.metrics import apply_temperature
+from conserviz_utils.train import fit
 
-__all__ = ["fit_head", "predict_from_embeddings", "predict_logits_from_embeddings"]
+__all__ = [
+    "EmbeddingRows",
+    "as_matrix",
+    "class_targets",
+    "embedding_loader",
+    "fit_head",
+    "predict_from_embeddings",
+    "predict_logits_from_embeddings",
+]
 
 # Rows per forward pass when evaluating or predicting from embeddings (a few MB at most).
-_PREDICT_CHUNK = 4096
+PREDICT_CHUNK = 4096
 
 
-def _head_input_dim(head: nn.Module) -> int | None:
+def head_input_dim(head: nn.Module) -> int | None:
     """The number of inputs of the head's first linear layer, if it has one."""
     for module in head.modules():
         if isinstance(module, nn.Linear):
@@ -44,7 +60,7 @@ def _head_input_dim(head: nn.Module) -> int | None:
     return None
 
 
-def _as_matrix(embeddings, what: str) -> tuple[torch.Tensor, pd.Index | None]:
+def as_matrix(embeddings, what: str) -> tuple[torch.Tensor, pd.Index | None]:
     """Return (float32 (N, D) tensor, ids or None) of embeddings in any accepted form."""
     if isinstance(embeddings, Embeddings):
         ids, values = embeddings.ids, np.asarray(embeddings.values)
@@ -72,7 +88,7 @@ def _as_matrix(embeddings, what: str) -> tuple[torch.Tensor, pd.Index | None]:
     return torch.from_numpy(values), ids
 
 
-def _as_targets(labels, ids: pd.Index | None, n_rows: int, species: Sequence[str], what: str) -> torch.Tensor:
+def class_targets(labels, ids: pd.Index | None, n_rows: int, species: Sequence[str], what: str) -> torch.Tensor:
     """Class numbers (in ``species`` order) of labels in any accepted form, aligned to ``ids``."""
     if isinstance(labels, pd.DataFrame):
         unknown = [c for c in labels.columns if c not in species]
@@ -121,9 +137,9 @@ def _as_targets(labels, ids: pd.Index | None, n_rows: int, species: Sequence[str
     return torch.from_numpy(numbers)
 
 
-def _check_head_fits(head: nn.Module, dim: int, n_classes: int, what: str) -> None:
+def check_head_fits(head: nn.Module, dim: int, n_classes: int, what: str) -> None:
     """Fail clearly when the embedding size or the number of classes does not fit the head."""
-    expected = _head_input_dim(head)
+    expected = head_input_dim(head)
     if expected is not None and expected != dim:
         raise DataValidationError(
             f"the {what} have {dim} dimensions but the head expects {expected}",
@@ -133,7 +149,7 @@ def _check_head_fits(head: nn.Module, dim: int, n_classes: int, what: str) -> No
     probe = torch.zeros(1, dim, device=parameter.device if parameter is not None else "cpu")
     was_training = head.training
     head.eval()
-    with torch.no_grad(), _one_thread_on_cpu(probe.device):
+    with torch.no_grad(), one_thread_on_cpu(probe.device):
         outputs = head(probe).shape[-1]
     head.train(was_training)
     if outputs != n_classes:
@@ -143,15 +159,15 @@ def _check_head_fits(head: nn.Module, dim: int, n_classes: int, what: str) -> No
         )
 
 
-def _logits_in_chunks(head: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def logits_in_chunks(head: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The head's float32 logits (on the CPU) for every row of ``x``, a few thousand at a time."""
     return torch.cat(
-        [head(x[start : start + _PREDICT_CHUNK].to(device)).float().cpu() for start in range(0, len(x), _PREDICT_CHUNK)]
+        [head(x[start : start + PREDICT_CHUNK].to(device)).float().cpu() for start in range(0, len(x), PREDICT_CHUNK)]
     )
 
 
 @contextmanager
-def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+def one_thread_on_cpu(device: torch.device) -> Iterator[None]:
     """Run torch on one CPU thread inside the block, then restore the caller's setting.
 
     The head's products are tiny (a batch of 64 × 1,280 numbers): spread over threads, each one
@@ -171,12 +187,48 @@ def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _row(epoch: int, batch: int, step: int, phase: str, **values: float) -> dict:
-    """One history row in ``train.fit``'s layout, NaN where nothing was measured."""
-    row = {"epoch": epoch, "batch": batch, "step": step, "phase": phase}
-    row.update({column: math.nan for column in HISTORY_COLUMNS[4:]})
-    row.update(values)
-    return row
+class EmbeddingRows(Dataset):
+    """Embeddings and their class numbers as a dataset whose items are whole batches.
+
+    Indexed with a list of row positions (what a ``BatchSampler`` yields), it returns the batch
+    dict the training loop expects — "image_id", "image" (the embeddings) and "label" — in one
+    tensor slice, instead of collating rows one by one.
+    """
+
+    def __init__(self, values: torch.Tensor, targets: torch.Tensor | None, ids: Sequence[str]) -> None:
+        self.values, self.targets, self.ids = values, targets, list(ids)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, rows: list[int]) -> dict:
+        index = torch.as_tensor(rows, dtype=torch.long)
+        batch = {"image_id": [self.ids[i] for i in rows], "image": self.values[index]}
+        if self.targets is not None:
+            batch["label"] = self.targets[index]
+        return batch
+
+
+def whole_batches(batch: dict) -> dict:
+    """The collate function of an :class:`EmbeddingRows` loader: its items are batches already."""
+    return batch
+
+
+def embedding_loader(
+    values: torch.Tensor,
+    targets: torch.Tensor | None,
+    ids: Sequence[str],
+    *,
+    batch_size: int,
+    shuffle: bool,
+) -> DataLoader:
+    """A loader of embedding batches for ``train.fit``: shuffled by a sampler ``fit`` seeds per epoch."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    rows = EmbeddingRows(values, targets, ids)
+    order = RandomSampler(rows, generator=torch.Generator().manual_seed(0)) if shuffle else SequentialSampler(rows)
+    return DataLoader(rows, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None,
+                      collate_fn=whole_batches)
 
 
 def fit_head(
@@ -194,139 +246,107 @@ def fit_head(
     species: Sequence[str] = SPECIES,
     device: str | torch.device = "cpu",
     early_stopping: int | EarlyStopping | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    callbacks: Sequence[Callback] = (),
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Train a classification head on cached embeddings (AdamW, cross-entropy), in place.
+    """Train a classification head on cached embeddings with ``train.fit``, in place.
 
-    ``head`` is trained as it is, the same module object, so when it is ``model.head`` the whole
-    model is ready for prediction from images, checkpoints and full fine-tuning afterwards.
-    Training is in fp32 (the head is tiny; lower precision would only cost accuracy) and on the
-    CPU by default, where an epoch over 16,000 embeddings takes a fraction of a second.
+    The embeddings are just another loader for the same loop that fine-tunes whole networks, so
+    the history, early stopping, the NaN guard, callbacks and the errors are the same. ``head``
+    is trained as it is, the same module object, so when it is ``model.head`` the whole model is
+    ready for prediction from images, checkpoints and fine-tuning afterwards. Training is in fp32
+    (the head is tiny; lower precision would only cost accuracy) and on one CPU thread by default,
+    where an epoch over 16,000 embeddings takes a fraction of a second.
 
     Args:
         head: The head to train (e.g. ``model.head``); its parameters are updated in place.
-        train_embeddings: :class:`Embeddings`, a DataFrame indexed by id, or an (N, D) array.
+        train_embeddings: :class:`~conserviz_utils.embeddings.Embeddings`, a DataFrame indexed
+            by id, or an (N, D) array.
         train_labels: The one-hot labels frame, a Series of species names (both matched by id
             when the embeddings carry ids), or an array of species names or class numbers.
         eval_embeddings: Optional embeddings to score after every epoch.
         eval_labels: Their labels, in any form ``train_labels`` accepts.
         epochs: Passes over the training embeddings.
-        lr: AdamW learning rate.
+        lr: AdamW learning rate (ignored when ``optimizer`` is given).
         batch_size: Embeddings per optimisation step.
-        weight_decay: AdamW weight decay.
-        seed: Seeds the shuffling and dropout; torch's global random state is left untouched.
+        weight_decay: AdamW weight decay (ignored when ``optimizer`` is given).
+        seed: Seeds the shuffling and dropout; the caller's random states are left untouched.
         species: Class names in the order of the head's logits.
         device: Where to train ("cpu", "cuda", "auto", ...); the head returns to where it was.
         early_stopping: A patience (epochs) or an ``EarlyStopping``: stop once the eval log
-            loss has not improved for that long, and keep the head of the best epoch. A head
-            on a few thousand embeddings overfits within a few epochs, and the first sign is
-            over-confidence on unseen sites, which log loss punishes. Needs eval data.
-        progress: Show a tqdm progress bar over epochs.
+            loss has not improved for that long, and keep the head of the best epoch. Needs
+            eval data, which should come from other sites than the training embeddings but not
+            be the images you report the score on.
+        optimizer: The optimizer over ``head``'s parameters (default: AdamW with ``lr`` and
+            ``weight_decay``).
+        callbacks: More :class:`~conserviz_utils.callbacks.Callback` objects for the loop.
+        progress: Show progress bars.
 
     Returns:
-        The history in ``train.fit``'s layout (columns ``train.HISTORY_COLUMNS``): one "train"
-        row per batch and, with eval data, one "eval" row per epoch; ``epoch`` and ``batch``
-        count from 1. ``.attrs`` holds device, precision ("fp32"), seed and epochs_completed;
-        with early stopping also best_epoch, best_eval_log_loss and stopped_early.
+        The history of ``train.fit`` (columns ``HISTORY_COLUMNS``): one "train" row per batch
+        and, with eval data, one "eval" row per epoch, with ``.attrs`` as ``fit`` sets them.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if (eval_embeddings is None) != (eval_labels is None):
         raise ValueError("pass eval_embeddings and eval_labels together, or neither")
-    stopping = _early_stopping(early_stopping)
-    if stopping is not None and eval_embeddings is None:
-        raise ValueError("early_stopping watches the eval log loss: pass eval_embeddings and eval_labels")
     species = list(species)
-    x_train, train_ids = _as_matrix(train_embeddings, "train embeddings")
-    y_train = _as_targets(train_labels, train_ids, len(x_train), species, "train labels")
+    x_train, train_ids = as_matrix(train_embeddings, "train embeddings")
+    y_train = class_targets(train_labels, train_ids, len(x_train), species, "train labels")
+    train_loader = embedding_loader(x_train, y_train, row_ids(train_ids, len(x_train)), batch_size=batch_size,
+                                    shuffle=True)
+    eval_loader = None
     if eval_embeddings is not None:
-        x_eval, eval_ids = _as_matrix(eval_embeddings, "eval embeddings")
-        y_eval = _as_targets(eval_labels, eval_ids, len(x_eval), species, "eval labels")
+        x_eval, eval_ids = as_matrix(eval_embeddings, "eval embeddings")
+        y_eval = class_targets(eval_labels, eval_ids, len(x_eval), species, "eval labels")
         if x_eval.shape[1] != x_train.shape[1]:
             raise DataValidationError(
                 f"eval embeddings have {x_eval.shape[1]} dimensions, train embeddings {x_train.shape[1]}",
                 fix="compute both with the same backbone",
             )
-    _check_head_fits(head, x_train.shape[1], len(species), "embeddings")
+        eval_loader = embedding_loader(x_eval, y_eval, row_ids(eval_ids, len(x_eval)), batch_size=PREDICT_CHUNK,
+                                       shuffle=False)
+    check_head_fits(head, x_train.shape[1], len(species), "embeddings")
 
     device = pick_device(device)
     first = next(head.parameters(), None)
     home = first.device if first is not None else torch.device("cpu")
     was_training = head.training
     head.to(device)
-    x_train, y_train = x_train.to(device), y_train.to(device)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    criterion = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(seed)
-    n_batches = math.ceil(len(x_train) / batch_size)
-    rows: list[dict] = []
-    step = 0
-    epoch = 0
-    best_loss, best_epoch, best_state = math.inf, 0, None
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    numpy_state, python_state = np.random.get_state(), random.getstate()
     try:
-        # Dropout draws from the global generator: seed it inside a fork, so the run is
-        # reproducible and the caller's random state is the same afterwards.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _one_thread_on_cpu(device):
-            torch.manual_seed(seed)
-            for epoch in tqdm(range(1, epochs + 1), desc="head", unit="epoch", disable=not progress, leave=False):
-                head.train()
-                order = torch.randperm(len(x_train), generator=generator).to(device)
-                for batch in range(1, n_batches + 1):
-                    index = order[(batch - 1) * batch_size : batch * batch_size]
-                    loss = criterion(head(x_train[index]), y_train[index])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    step += 1
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise TrainingError(
-                            f"the head's training loss became {value} at epoch {epoch}, batch {batch}",
-                            fix="lower lr (e.g. 10x), or compute the embeddings again in fp32",
-                        )
-                    rows.append(_row(epoch, batch, step, "train", lr=float(lr), train_loss=value))
-                if eval_embeddings is not None:
-                    head.eval()
-                    with torch.inference_mode():
-                        logits = _logits_in_chunks(head, x_eval, device)
-                    probs = torch.softmax(logits.double(), dim=1).numpy()
-                    y = y_eval.numpy()
-                    rows.append(
-                        _row(
-                            epoch,
-                            n_batches,
-                            step,
-                            "eval",
-                            eval_loss=float(criterion(logits, y_eval)),
-                            eval_accuracy=accuracy(probs, y),
-                            eval_log_loss=log_loss(probs, y),
-                        )
-                    )
-                    if stopping is not None:
-                        current = rows[-1]["eval_log_loss"]
-                        if current < best_loss - stopping.min_delta:
-                            best_loss, best_epoch = current, epoch
-                            best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-                        elif epoch - best_epoch >= stopping.patience:
-                            break
-        if stopping is not None and stopping.restore_best and best_state is not None:
-            head.load_state_dict(best_state)
+        # fit seeds the global generators: do it inside a fork, so the caller's random state is
+        # the same afterwards.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), one_thread_on_cpu(device):
+            history = fit(
+                head,
+                train_loader,
+                eval_loader,
+                epochs=epochs,
+                optimizer=optimizer,
+                device=device,
+                precision="fp32",
+                early_stopping=early_stopping,
+                seed=seed,
+                progress=progress,
+                callbacks=callbacks,
+            )
     finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
         head.to(home)
         head.train(was_training)
-    history = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
-    history = history.astype({"epoch": "int64", "batch": "int64", "step": "int64", "phase": "str"})
-    for column in HISTORY_COLUMNS[4:]:
-        history[column] = history[column].astype("float64")
-    history.attrs.update(device=str(device), precision="fp32", seed=seed, epochs_completed=epoch)
-    if stopping is not None:
-        history.attrs.update(best_epoch=best_epoch, best_eval_log_loss=best_loss,
-                             stopped_early=epoch < epochs)
     return history
+
+
+def row_ids(ids: pd.Index | None, n_rows: int) -> list[str]:
+    """Row ids as strings: the embeddings' own, or positions for a bare array."""
+    return [str(i) for i in (ids if ids is not None else range(n_rows))]
 
 
 def predict_logits_from_embeddings(
@@ -348,21 +368,21 @@ def predict_logits_from_embeddings(
         DataFrame of float64 logits indexed by ``id``, one column per species.
     """
     species = list(species)
-    x, own_ids = _as_matrix(embeddings, "embeddings")
+    x, own_ids = as_matrix(embeddings, "embeddings")
     if ids is not None:
         if len(ids) != len(x):
             raise DataValidationError(f"{len(ids)} ids for {len(x)} embeddings", fix="pass one id per embedding row")
         own_ids = pd.Index(ids)
     if own_ids is None:
         own_ids = pd.RangeIndex(len(x))
-    _check_head_fits(head, x.shape[1], len(species), "embeddings")
+    check_head_fits(head, x.shape[1], len(species), "embeddings")
     first = next(head.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     was_training = head.training
     head.eval()
     try:
-        with torch.inference_mode(), _one_thread_on_cpu(device):
-            logits = _logits_in_chunks(head, x, device)
+        with torch.inference_mode(), one_thread_on_cpu(device):
+            logits = logits_in_chunks(head, x, device)
     finally:
         head.train(was_training)
     return pd.DataFrame(logits.double().numpy(), index=pd.Index(own_ids, name="id"), columns=species)

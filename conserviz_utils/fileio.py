@@ -40,7 +40,7 @@ def write_failure_fix(err: OSError, folder: Path) -> str:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"free some disk space on the drive of {folder} (or write elsewhere), then run again"
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"{folder} is not writable: choose a writable folder (e.g. set CONSERVIZ_OUTPUTS)"
+        return f"{folder} is not writable: save to a folder you can write to (e.g. set CONSERVIZ_OUTPUTS)"
     return f"check that {folder} exists and is writable, then run again"
 
 
@@ -64,16 +64,19 @@ def fsync_folder(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike, mode: str = "w", *, what: str = "file") -> Iterator[IO[Any]]:
+def atomic_writer(
+    path: str | os.PathLike, mode: str = "w", *, what: str = "file", error: type[ConservizError] = ConservizError
+) -> Iterator[IO[Any]]:
     """Open a temporary file that replaces ``path`` when the block ends without an error.
 
     Args:
         path: The file to write.
         mode: "w" (text, UTF-8, newlines as given) or "wb" (bytes).
         what: What the file is, for error messages ("checkpoint", "metrics", ...).
+        error: The ConservizError subclass to raise (e.g. CheckpointError).
 
     Raises:
-        ConservizError: the folder cannot be created or written (full disk, read-only), naming
+        ConservizError: (or ``error``) the folder cannot be created or written (full disk, read-only), naming
             ``path`` and the fix. Nothing partial is left behind.
     """
     if mode not in ("w", "wb"):
@@ -82,7 +85,7 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w", *, what: str = "file
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ConservizError(
+        raise error(
             f"cannot create the folder for this {what} ({err.strerror})",
             path=target,
             fix=write_failure_fix(err, target.parent),
@@ -98,8 +101,9 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w", *, what: str = "file
     except OSError as err:
         with contextlib.suppress(OSError):
             temp.unlink()
-        raise ConservizError(
-            f"could not write this {what} ({err.strerror or err}); the previous version, if any, is unchanged",
+        raise error(
+            f"could not write this {what} ({err.strerror or err}); the previous {what} at this path, if any, "
+            "is unchanged",
             path=target,
             fix=write_failure_fix(err, target.parent),
         ) from None

@@ -191,7 +191,7 @@ def test_saving_replaces_the_file_in_one_step(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", watching_replace)
     save_checkpoint(path, TinyNet(), epoch=2)
     [(folder, name, target)] = renames
-    assert folder == str(tmp_path) and name.startswith(".model.pt.") and target == str(path)
+    assert folder == str(tmp_path) and name.startswith(".conserviz-model.pt.") and target == str(path)
     assert resume_state(path)["epoch"] == 2
 
 

@@ -20,14 +20,11 @@ from conserviz_utils import train as train_module
 from conserviz_utils import device as device_module
 from conserviz_utils.checkpoint import resume_state
 from conserviz_utils.data import collate_images
+from conserviz_utils.device import cpu_bf16_support, cpu_supports_bf16, pick_device, pick_precision
 from conserviz_utils.train import (
     HISTORY_COLUMNS,
     EarlyStopping,
-    cpu_bf16_support,
-    cpu_supports_bf16,
     fit,
-    pick_device,
-    pick_precision,
     predict,
     predict_logits,
 )
@@ -353,7 +350,7 @@ def test_early_stopping_restores_the_best_weights():
 
 def test_early_stopping_needs_an_eval_loader():
     images, labels = make_data(8)
-    with pytest.raises(TrainingError, match="no eval_loader"):
+    with pytest.raises(TrainingError, match="early stopping watches the eval log loss"):
         fit(tiny_model(), make_loader(images, labels), early_stopping=2, **QUIET)
 
 

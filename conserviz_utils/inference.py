@@ -1,0 +1,255 @@
+"""Scoring and prediction: run a model over a loader in inference mode.
+
+``evaluate`` scores a labelled loader (the loop calls it after every epoch), ``predict_logits``
+and ``predict`` give one row per image id in the submission layout. Images and the model use the
+channels-last memory layout; ``tta=True`` averages each image with its mirror image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from conserviz_utils import SPECIES
+from conserviz_utils.batches import (
+    BATCH_LAYOUT_FIX,
+    batch_size,
+    check_batch,
+    class_positions,
+    loader_length,
+    to_device,
+)
+from conserviz_utils.device import autocast, pick_device, pick_precision
+from conserviz_utils.errors import TrainingError
+from conserviz_utils.metrics import accuracy, apply_temperature, log_loss
+
+
+def forward_batches(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: torch.device,
+    precision: str,
+    tta: bool,
+    need_labels: bool,
+    progress: bool,
+    desc: str,
+) -> tuple[list[str], torch.Tensor, torch.Tensor | None, list[tuple[str, str]]]:
+    """Run ``model`` over a loader in inference mode: (ids, float64 logits, labels or None, skipped)."""
+    was_training = model.training
+    model.to(device=device, memory_format=torch.channels_last)
+    model.eval()
+    ids: list[str] = []
+    logits: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    skipped: list[tuple[str, str]] = []
+    try:
+        with torch.inference_mode(), autocast(device, precision):
+            total = loader_length(loader)
+            bar = tqdm(loader, total=total, desc=desc, unit="batch", leave=False, disable=not progress)
+            for batch in bar:
+                check_batch(batch, need_labels)
+                skipped.extend((str(i), str(reason)) for i, reason in batch.get("skipped", []))
+                if batch_size(batch) == 0:
+                    continue
+                images = to_device(batch["image"], device)
+                out = model(images).float()
+                if tta:
+                    # Average with the mirror image (flip along the width): animals walk both ways.
+                    out = (out + model(torch.flip(images, dims=[-1])).float()) / 2
+                batch_ids = [str(i) for i in batch.get("image_id", range(len(ids), len(ids) + len(out)))]
+                if len(batch_ids) != len(out):
+                    raise TrainingError(
+                        f"a batch has {len(out)} images but {len(batch_ids)} image ids", fix=BATCH_LAYOUT_FIX
+                    )
+                ids.extend(batch_ids)
+                logits.append(out.to("cpu", torch.float64))
+                if need_labels:
+                    labels.append(batch["label"].cpu())
+    finally:
+        model.train(was_training)
+    all_logits = torch.cat(logits) if logits else torch.empty((0, 0), dtype=torch.float64)
+    all_labels = torch.cat(labels) if need_labels and labels else None
+    return ids, all_logits, all_labels, skipped
+
+
+def gather_across_ranks(ids: list[str], logits: torch.Tensor, labels: torch.Tensor | None, skipped: list):
+    """Join every rank's share of an eval set under torchrun, so scores cover the whole set.
+
+    DistributedSampler pads the last rank with repeats of the first images; an id seen twice is
+    kept once. Outside a distributed run this returns its inputs unchanged.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ids, logits, labels, skipped
+    shares: list = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, (ids, logits.cpu(), None if labels is None else labels.cpu(), skipped))
+    seen: dict[str, int] = {}
+    all_ids, rows, label_rows, all_skipped = [], [], [], []
+    for share_ids, share_logits, share_labels, share_skipped in shares:
+        all_skipped.extend(share_skipped)
+        for position, image_id in enumerate(share_ids):
+            if image_id in seen:
+                continue
+            seen[image_id] = len(all_ids)
+            all_ids.append(image_id)
+            rows.append(share_logits[position])
+            if share_labels is not None:
+                label_rows.append(share_labels[position])
+    joined_logits = torch.stack(rows) if rows else logits[:0]
+    joined_labels = torch.stack(label_rows) if label_rows else (None if labels is None else labels[:0])
+    return all_ids, joined_logits, joined_labels, sorted(set(map(tuple, all_skipped)))
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    criterion: nn.Module | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score ``model`` on a labelled loader: mean loss, accuracy and the competition log loss.
+
+    Returns:
+        ``{"eval_loss", "eval_accuracy", "eval_log_loss", "images", "skipped"}``; the log
+        loss is :func:`conserviz_utils.metrics.log_loss` of the softmax probabilities.
+
+    Raises:
+        TrainingError: the loader has no labelled images, or the model outputs NaN/inf.
+    """
+    device = pick_device(device)
+    precision = pick_precision(precision, device)
+    criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
+    ids, logits, labels, skipped = forward_batches(
+        model, loader, device=device, precision=precision, tta=False, need_labels=True, progress=progress,
+        desc="eval",
+    )
+    ids, logits, labels, skipped = gather_across_ranks(ids, logits, labels, skipped)
+    if not ids:
+        raise TrainingError("the eval loader gave no images", fix="check that the eval split is not empty")
+    bad = (~torch.isfinite(logits).all(dim=1)).nonzero().flatten().tolist()
+    if bad:
+        raise TrainingError(
+            "the model outputs NaN or infinite logits on eval images",
+            rows=[ids[i] for i in bad],
+            fix="the weights diverged: lower the learning rate or clip gradients, and check these images",
+        )
+    probs = torch.softmax(logits, dim=1).numpy()
+    y = class_positions(labels).numpy()
+    return {
+        # The criterion sees the labels as the loader gives them, as in training.
+        "eval_loss": float(criterion(logits.float(), labels)),
+        "eval_accuracy": accuracy(y, probs),
+        "eval_log_loss": log_loss(y, probs),
+        "images": len(ids),
+        "skipped": skipped,
+    }
+
+
+def skipped_note(skipped: Sequence[tuple[str, str]]) -> str:
+    """The note attached to predictions that lack some images."""
+    shown = ", ".join(i for i, _ in skipped[:5]) + (" …" if len(skipped) > 5 else "")
+    return (
+        f"{len(skipped)} image(s) could not be read and have no row: {shown}. A submission needs "
+        "every test id, so repair or replace these files (reasons in .attrs['skipped']) and predict again"
+    )
+
+
+def predict_logits(
+    model: nn.Module,
+    loader: Iterable,
+    tta: bool = False,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    species: Sequence[str] = SPECIES,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Raw logits of ``model`` for every image of ``loader`` (what temperature scaling is fitted on).
+
+    Args:
+        model: Any classifier returning (N, len(species)) logits.
+        loader: Batches as dicts with "image_id" and "image" (labels, if any, are ignored).
+        tta: Test-time augmentation: average the logits of each image and its mirror image.
+        device: "auto", "cpu", "cuda", ... (see :func:`pick_device`).
+        precision: "auto", "fp32", "bf16" or "fp16" (see :func:`pick_precision`).
+        species: The column names, in the order of the model's outputs.
+        progress: Show a progress bar.
+
+    Returns:
+        A float64 DataFrame indexed by image id (index name "id"), one column per species.
+        Images the loader skipped (``on_error="skip"``) have no row; they are listed in
+        ``.attrs["skipped"]`` as (id, reason) pairs and explained in ``.attrs["note"]``.
+    """
+    device = pick_device(device)
+    precision = pick_precision(precision, device)
+    columns = list(species)
+    ids, logits, _, skipped = forward_batches(
+        model, loader, device=device, precision=precision, tta=tta, need_labels=False, progress=progress,
+        desc="predict",
+    )
+    if ids and logits.shape[1] != len(columns):
+        raise TrainingError(
+            f"the model gives {logits.shape[1]} outputs per image but {len(columns)} species were given",
+            fix="pass the species the model was trained on (species=...), in its output order",
+        )
+    values = logits.numpy().reshape(len(ids), len(columns))
+    frame = pd.DataFrame(values, index=pd.Index(ids, name="id"), columns=columns)
+    frame.attrs["skipped"] = list(skipped)
+    if skipped:
+        frame.attrs["note"] = skipped_note(skipped)
+    return frame
+
+
+def predict(
+    model: nn.Module,
+    loader: Iterable,
+    tta: bool = False,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    species: Sequence[str] = SPECIES,
+    temperature: float = 1.0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Softmax probabilities of ``model`` for every image of ``loader``: the submission layout.
+
+    Args:
+        model, loader, tta, device, precision, species, progress: as in :func:`predict_logits`.
+        temperature: Divide the logits by this before the softmax (1.0: plain softmax); fit it
+            with ``metrics.fit_temperature`` on eval logits to undo over-confidence.
+
+    Returns:
+        A float64 DataFrame indexed by image id (index name "id"), one column per species, each
+        row summing to 1. Skipped images have no row: see ``.attrs["skipped"]`` and
+        ``.attrs["note"]``; the submission validator refuses a submission that lacks them.
+    """
+    is_number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+    if not (is_number and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    logits = predict_logits(
+        model, loader, tta=tta, device=device, precision=precision, species=species, progress=progress
+    )
+    if logits.empty:
+        probs = logits.copy()
+    else:
+        bad = logits.index[~np.isfinite(logits.to_numpy()).all(axis=1)]
+        if len(bad):
+            raise TrainingError(
+                "the model outputs NaN or infinite logits",
+                rows=list(bad),
+                fix="retrain with a lower learning rate (the weights diverged), or check these images",
+            )
+        probs = apply_temperature(logits, temperature)
+        probs.index.name = "id"
+    probs.attrs = dict(logits.attrs)
+    return probs
+
+__all__ = ["evaluate", "forward_batches", "gather_across_ranks", "predict", "predict_logits"]

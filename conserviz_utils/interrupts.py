@@ -1,0 +1,46 @@
+"""Stop at a batch boundary, not half-way through an update: SIGINT and SIGTERM during training."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+
+class StopSignals:
+    """Turns SIGINT (Ctrl-C, the notebook's stop button) and SIGTERM into "stop at the next batch".
+
+    Installed only for the duration of ``fit`` and only in the main thread (Python delivers
+    signals there only); the previous handlers are put back afterwards. A second SIGINT raises
+    KeyboardInterrupt at once, except during an optimizer step, which always completes so the
+    weights stay consistent.
+    """
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self.in_update = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous = signal.getsignal(signum)
+                if previous is None:  # installed outside Python: we could not put it back
+                    continue
+                signal.signal(signum, self._handle)
+                self._previous[signum] = previous
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested is None:
+            self.requested = signal.Signals(signum).name
+        elif signum == signal.SIGINT and not self.in_update:
+            raise KeyboardInterrupt
+
+
+__all__ = ["StopSignals"]
