@@ -33,6 +33,7 @@ from conserviz_utils.callbacks import Callback, EarlyStopping
 from conserviz_utils.device import pick_device
 from conserviz_utils.embeddings import Embeddings
 from conserviz_utils.errors import DataValidationError
+from conserviz_utils.labels import class_positions
 from conserviz_utils.metrics import apply_temperature
 from conserviz_utils.train import fit
 
@@ -89,52 +90,26 @@ def as_matrix(embeddings, what: str) -> tuple[torch.Tensor, pd.Index | None]:
 
 
 def class_targets(labels, ids: pd.Index | None, n_rows: int, species: Sequence[str], what: str) -> torch.Tensor:
-    """Class numbers (in ``species`` order) of labels in any accepted form, aligned to ``ids``."""
-    if isinstance(labels, pd.DataFrame):
-        unknown = [c for c in labels.columns if c not in species]
-        missing = [c for c in species if c not in labels.columns]
-        if unknown or missing:
+    """Class numbers (in ``species`` order) of labels in any form ``labels`` accepts, aligned to ``ids``."""
+    if isinstance(labels, (pd.DataFrame, pd.Series)) and ids is not None:
+        absent = ids.difference(labels.index, sort=False)
+        if len(absent):
             raise DataValidationError(
-                f"{what} columns do not match the species (missing: {missing or 'none'}; "
-                f"unknown: {unknown or 'none'})",
-                column=str((unknown or missing)[0]),
-                fix="pass the one-hot train_labels frame, or a Series of species names",
+                f"embeddings without a row in the {what}",
+                column="id",
+                rows=list(absent),
+                fix="select the labels of the same ids as the embeddings",
             )
-        labels = labels[list(species)].idxmax(axis=1)
-    if isinstance(labels, pd.Series):
-        if ids is not None:
-            absent = ids.difference(labels.index, sort=False)
-            if len(absent):
-                raise DataValidationError(
-                    f"embeddings without a row in the {what}",
-                    column="id",
-                    rows=list(absent),
-                    fix="select the labels of the same ids as the embeddings",
-                )
-            labels = labels.reindex(ids)
-        names = labels.to_numpy()
-        row_names = list(labels.index)
-    else:
-        names = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
-        row_names = None
-    if len(names) != n_rows:
+        labels = labels.loc[ids]
+    elif isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    positions = class_positions(labels, species, what=what)
+    if len(positions) != n_rows:
         raise DataValidationError(
-            f"{len(names)} {what} for {n_rows} embeddings",
+            f"{len(positions)} {what} for {n_rows} embeddings",
             fix="pass exactly one label per embedding row",
         )
-    if names.dtype.kind in "iu":
-        numbers = names.astype(np.int64)
-    else:
-        lookup = {name: i for i, name in enumerate(species)}
-        numbers = np.array([lookup.get(name, -1) for name in names.tolist()], dtype=np.int64)
-    bad = np.flatnonzero((numbers < 0) | (numbers >= len(species)))
-    if bad.size:
-        raise DataValidationError(
-            f"{what} that are not one of the {len(species)} species",
-            rows=[row_names[i] for i in bad] if row_names else bad.tolist(),
-            fix=f"use the species names {', '.join(species)} (or class numbers 0..{len(species) - 1})",
-        )
-    return torch.from_numpy(numbers)
+    return torch.from_numpy(positions)
 
 
 def check_head_fits(head: nn.Module, dim: int, n_classes: int, what: str) -> None:

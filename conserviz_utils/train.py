@@ -34,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from conserviz_utils import SPECIES
@@ -79,11 +80,14 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if wrapped else model
 
 
+def distributed_world_size() -> int:
+    """How many processes train together (1 outside a torchrun launch)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def is_main_process() -> bool:
     """Whether this process writes files and shows progress (rank 0, or not distributed)."""
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return distributed_world_size() == 1 or dist.get_rank() == 0
 
 
 class Trainer:
@@ -115,6 +119,7 @@ class Trainer:
         self.progress = progress
         self.scaler = grad_scaler(device, enabled=precision == "fp16")
         self.is_main_process = is_main_process()
+        self.world_size = distributed_world_size()
         num_classes = getattr(self.unwrapped_model, "num_classes", None)
         self.species = SPECIES if num_classes in (None, len(SPECIES)) else None
 
@@ -144,6 +149,22 @@ class Trainer:
     def stop_requested(self) -> bool:
         """Whether a signal asked training to stop."""
         return self.signals.requested is not None
+
+    def agree_on_stop(self) -> bool:
+        """Whether any process was asked to stop; under torchrun every rank stops at the same batch.
+
+        A signal reaches the ranks at slightly different moments; if one rank stopped while the
+        others went on, they would wait forever for its gradients. So the ranks share their
+        flag (one tiny all-reduce per batch) and all stop when any was asked to.
+        """
+        if self.world_size == 1:
+            return self.stop_requested
+        flag = torch.tensor([1.0 if self.stop_requested else 0.0],
+                            device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0 and self.signals.requested is None:
+            self.signals.requested = "SIGTERM"  # another rank got the signal
+        return flag.item() > 0
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -177,7 +198,7 @@ class Trainer:
 
     def interrupted_here(self) -> bool:
         """Report an interrupt to the callbacks if one was requested."""
-        if not self.stop_requested:
+        if not self.agree_on_stop():
             return False
         self.stop_reason = self.signals.requested
         self.emit("on_interrupt")
@@ -560,6 +581,7 @@ __all__ = [
     "Trainer",
     "evaluate",
     "fit",
+    "distributed_world_size",
     "is_main_process",
     "pick_device",
     "pick_precision",

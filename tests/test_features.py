@@ -185,9 +185,9 @@ def test_labels_are_matched_to_embeddings_by_id():
         ("dim", "16 dimensions but the head expects 12"),
         ("classes", "gives 5 logits but there are 8 species"),
         ("nan", "NaN or infinite"),
-        ("species", "not one of the 8 species"),
+        ("species", "classes that are not species"),
         ("length", "79 train labels for 80 embeddings"),
-        ("columns", "columns do not match"),
+        ("columns", "are not the species"),
     ],
 )
 def test_fit_head_refuses_inputs_that_do_not_fit(case, match):
