@@ -16,11 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from conserviz_utils import SPECIES, TrainingError
-from conserviz_utils import train as train_module
-from conserviz_utils import device as device_module
 from conserviz_utils.checkpoint import resume_state
 from conserviz_utils.data import collate_images
-from conserviz_utils.device import cpu_bf16_support, cpu_supports_bf16, pick_device, pick_precision
 from conserviz_utils.train import (
     HISTORY_COLUMNS,
     EarlyStopping,
@@ -126,62 +123,8 @@ def one_thread():
 
 
 # ------------------------------------------------------------------------------------------------
-# Device and precision
+# Device and precision in the loop (the choice itself: test_device.py)
 # ------------------------------------------------------------------------------------------------
-
-
-def test_pick_device_auto_and_explicit():
-    expected = "cpu"
-    if torch.cuda.is_available():
-        expected = "cuda"
-    elif torch.backends.mps.is_available():
-        expected = "mps"
-    assert pick_device("auto").type == expected
-    assert pick_device("cpu") == torch.device("cpu")
-    assert pick_device(torch.device("cpu")) == torch.device("cpu")
-    with pytest.raises(TrainingError, match="not a device"):
-        pick_device("gpu please")
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_pick_device_refuses_missing_cuda():
-    with pytest.raises(TrainingError, match="no usable CUDA GPU") as caught:
-        pick_device("cuda")
-    assert "device='auto'" in caught.value.fix
-
-
-def test_pick_precision_on_cpus(monkeypatch):
-    monkeypatch.setattr(device_module, "cpu_bf16_support", lambda: "amx")
-    assert pick_precision("auto", "cpu") == "bf16"
-    # AVX512-BF16 without AMX trains slower in bf16 than in fp32 (measured): auto stays fp32.
-    monkeypatch.setattr(device_module, "cpu_bf16_support", lambda: "avx512_bf16")
-    assert pick_precision("auto", "cpu") == "fp32"
-    monkeypatch.setattr(device_module, "cpu_bf16_support", lambda: "none")
-    assert pick_precision("auto", "cpu") == "fp32"
-    assert pick_precision("bf16", "cpu") == "bf16"  # asked for explicitly: allowed, if slow
-    assert pick_precision("fp32", "cpu") == "fp32"
-    with pytest.raises(TrainingError, match="needs a CUDA GPU"):
-        pick_precision("fp16", "cpu")
-    with pytest.raises(ValueError, match="precision must be one of"):
-        pick_precision("half", "cpu")
-
-
-def test_cpu_bf16_detection_reads_the_cpu_flags(monkeypatch):
-    detect = cpu_bf16_support.__wrapped__  # bypass the cache
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
-    cases = {
-        frozenset({"sse4_2", "avx2", "avx512f"}): "none",
-        frozenset({"avx512f", "avx512_bf16"}): "avx512_bf16",
-        frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}): "amx",
-    }
-    for flags, expected in cases.items():
-        monkeypatch.setattr(device_module, "_cpu_flags", lambda flags=flags: flags)
-        assert detect() == expected
-        monkeypatch.setattr(device_module, "cpu_bf16_support", lambda expected=expected: expected)
-        assert cpu_supports_bf16() is (expected != "none")
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
-    assert detect() == "none"  # oneDNN cannot use the instructions: emulated
 
 
 def test_fit_reports_device_and_precision_in_attrs():
