@@ -19,7 +19,8 @@ from torchvision.transforms import v2
 from conserviz_utils import SPECIES
 from conserviz_utils.errors import DataValidationError, ImageLoadError
 from conserviz_utils.image_cache import ImageCache
-from conserviz_utils.images import _as_size, open_image
+from conserviz_utils.images import as_size, open_image
+from conserviz_utils.labels import one_hot_faults, species_names
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -74,7 +75,7 @@ class CompetitionData:
     @property
     def train_species(self) -> pd.Series:
         """The species name of each training image (Series id → species)."""
-        return self.train_labels.idxmax(axis=1).rename("species")
+        return species_names(self.train_labels, self.species)
 
     @property
     def is_sample(self) -> bool:
@@ -363,30 +364,29 @@ def _check_numeric(frame: pd.DataFrame, species: list[str], path: Path) -> pd.Da
 
 
 def _check_one_hot(labels: pd.DataFrame, species: list[str], path: Path) -> None:
-    """Each label row is exactly one 1 and zeros otherwise."""
+    """Each label row is exactly one 1 and zeros otherwise (the rule of `labels.one_hot_faults`)."""
     values = _check_numeric(labels, species, path)
-    for column in species:
-        empty = values[column].isna()
+    faults = one_hot_faults(values.to_numpy())
+    # The same rule as everywhere, worded for a CSV: the column and lines of each kind of fault.
+    for column, empty in zip(species, faults.missing.T):
         if empty.any():
             raise DataValidationError(
                 "empty (NaN) label values", path=path, column=column,
                 rows=_lines(labels, empty), fix="each label row holds 0 or 1 in every column",
             )
-    for column in species:
-        other = ~values[column].isin([0.0, 1.0])
+    for column, other in zip(species, faults.not_binary.T):
         if other.any():
             raise DataValidationError(
                 f"label values other than 0 and 1 (e.g. {values[column][other].iloc[0]!r})",
                 path=path, column=column, rows=_lines(labels, other),
                 fix="labels are one-hot: 1 in the image's species column, 0 elsewhere",
             )
-    ones = values.sum(axis=1).to_numpy()
-    wrong = ones != 1
+    wrong = faults.ones != 1
     if wrong.any():
         hot = values.to_numpy() == 1.0
         rows = [
-            f"{row} with {int(ones[p])} ones"
-            + (f" ({', '.join(np.array(species)[hot[p]])})" if ones[p] > 1 else "")
+            f"{row} with {int(faults.ones[p])} ones"
+            + (f" ({', '.join(np.array(species)[hot[p]])})" if faults.ones[p] > 1 else "")
             for row, p in zip(_lines(labels, wrong), np.flatnonzero(wrong))
         ]
         raise DataValidationError(
@@ -661,7 +661,7 @@ class ImagesDataset(Dataset):
         self.transform = default_transform() if transform is None else transform
         self.on_error = on_error
         self.decode_size = (
-            _decode_size(self.transform) if decode_size == "auto" else _as_size(decode_size)
+            _decode_size(self.transform) if decode_size == "auto" else as_size(decode_size)
         )
         if cache_dir is not None and self.decode_size is None:
             raise ValueError(

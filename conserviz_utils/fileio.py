@@ -65,7 +65,12 @@ def fsync_folder(folder: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_writer(
-    path: str | os.PathLike, mode: str = "w", *, what: str = "file", error: type[ConservizError] = ConservizError
+    path: str | os.PathLike,
+    mode: str = "w",
+    *,
+    what: str = "file",
+    error: type[ConservizError] = ConservizError,
+    durable: bool = True,
 ) -> Iterator[IO[Any]]:
     """Open a temporary file that replaces ``path`` when the block ends without an error.
 
@@ -74,6 +79,9 @@ def atomic_writer(
         mode: "w" (text, UTF-8, newlines as given) or "wb" (bytes).
         what: What the file is, for error messages ("checkpoint", "metrics", ...).
         error: The ConservizError subclass to raise (e.g. CheckpointError).
+        durable: Flush the file and its folder to disk before and after the rename, so the new
+            version survives a power cut. Caches that can be rebuilt skip it (False): two
+            fsyncs per entry cost more than the entry over thousands of small files.
 
     Raises:
         ConservizError: (or ``error``) the folder cannot be created or written (full disk, read-only), naming
@@ -95,8 +103,9 @@ def atomic_writer(
         kwargs = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
         with open(temp, mode, **kwargs) as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(temp, target)
     except OSError as err:
         with contextlib.suppress(OSError):
@@ -111,12 +120,13 @@ def atomic_writer(
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
-    fsync_folder(target.parent)
+    if durable:
+        fsync_folder(target.parent)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "file") -> Path:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "file", durable: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically; returns the path."""
-    with atomic_writer(path, "wb", what=what) as handle:
+    with atomic_writer(path, "wb", what=what, durable=durable) as handle:
         handle.write(data)
     return Path(path)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +29,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from conserviz_utils.errors import ConservizError, ImageLoadError
-from conserviz_utils.images import _as_size, _check_file, open_image
+from conserviz_utils.fileio import atomic_writer
+from conserviz_utils.images import as_size, check_image_file, open_image
 
 __all__ = ["DEFAULT_CACHE_DIR", "CacheReport", "ImageCache"]
 
@@ -91,7 +91,7 @@ class ImageCache:
     """
 
     def __init__(self, size: int | tuple[int, int] = 224, root: str | os.PathLike = DEFAULT_CACHE_DIR) -> None:
-        self.size: tuple[int, int] = _as_size(size)
+        self.size: tuple[int, int] = as_size(size)
         self.root = Path(root)
 
     @property
@@ -118,7 +118,7 @@ class ImageCache:
             stat = os.stat(absolute)
         except OSError:
             # Worded as open_image words it: missing file, folder, or no permission.
-            _check_file(Path(absolute))
+            check_image_file(Path(absolute))
             raise
         width, height = self.size
         text = f"{absolute}\0{stat.st_size}\0{stat.st_mtime_ns}\0{width}x{height}\0{_FORMAT}"
@@ -225,20 +225,15 @@ class ImageCache:
     def _store(self, source: str | os.PathLike, entry: Path) -> np.ndarray:
         """Decode ``source`` at the target size and write it to ``entry`` atomically."""
         pixels = np.asarray(open_image(source, target_size=self.size), dtype=np.uint8)
-        partial = None
+        # Written atomically: readers (e.g. DataLoader workers building the same entry) never
+        # see a half-written file.
         try:
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            # A temporary file in the same folder, then a rename: readers (e.g. DataLoader
-            # workers building the same entry) never see a half-written file.
-            with tempfile.NamedTemporaryFile(dir=entry.parent, suffix=".partial", delete=False) as file:
-                partial = Path(file.name)
+            with atomic_writer(entry, "wb", what="image cache entry", durable=False) as file:
                 np.save(file, pixels, allow_pickle=False)
-            os.replace(partial, entry)
-        except OSError as exc:
-            if partial is not None:
-                partial.unlink(missing_ok=True)
+        except ConservizError as exc:
+            # An ImageLoadError, so that datasets with on_error="skip" skip it like a bad image.
             raise ImageLoadError(
-                f"cannot write the image cache entry ({exc})",
+                f"cannot write the image cache entry ({exc.problem})",
                 path=entry,
                 fix="make the cache folder writable, or pass another root to ImageCache",
             ) from exc

@@ -67,8 +67,8 @@ def open_image(
         ImageLoadError: The file is missing, empty, truncated, not an image, or too large.
     """
     path = Path(path)
-    size = _as_size(target_size)
-    _check_file(path)
+    size = as_size(target_size)
+    check_image_file(path)
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb warning is replaced by the clear size check below.
@@ -161,7 +161,7 @@ def _scale_to_uint8(pixels: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _check_file(path: Path) -> None:
+def check_image_file(path: Path) -> None:
     """Raise a clear ImageLoadError when the path is missing, a folder, or an empty file."""
     try:
         stat = path.stat()
@@ -211,7 +211,7 @@ def _too_large(path: Path, why: str, max_pixels: int) -> ImageLoadError:
     )
 
 
-def _as_size(target_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+def as_size(target_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     """Normalise an int or (width, height) target to a (width, height) tuple of ints ≥ 1."""
     if target_size is None:
         return None

@@ -1,8 +1,11 @@
 """How good are the predictions? Accuracy, the competition's log loss, baselines, calibration.
 
+Every scoring function takes its arguments in scikit-learn's order, ``(y_true, y_pred)``:
+``log_loss(labels, probs)``; the two swapped are refused with an error that says so.
 Probabilities (or logits) are a DataFrame indexed by image id with one column per species, the
 submission layout, or a plain (N, classes) array. Labels are the competition's one-hot frame, a
-Series of species names (or class numbers), or an array of either. When both sides carry ids
+Series of species names (or class numbers), or an array of either, read by the one rule of
+`conserviz_utils.labels`. When both sides carry ids
 they are matched by id, whatever their order; different id sets are refused with an error
 naming the ids, because silently comparing row i with row i of another order is the classic way
 to report a wrong score.
@@ -18,6 +21,7 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from conserviz_utils import SPECIES
 from conserviz_utils.errors import DataValidationError
+from conserviz_utils.labels import class_positions, one_hot_faults
 
 #: The competition clips probabilities to [EPS, 1 - EPS] before taking logarithms.
 EPS = 1e-15
@@ -57,106 +61,85 @@ def _row_names(ids: pd.Index | None, positions: np.ndarray) -> list:
     return list(ids[positions]) if ids is not None else [int(p) for p in positions]
 
 
-def _class_positions(names: np.ndarray, classes: list, row_ids: pd.Index | None) -> np.ndarray:
-    """Map species names (or class numbers) to column positions of ``classes``."""
-    if names.dtype.kind in "iu" or (names.dtype.kind == "f" and np.all(np.mod(names, 1) == 0)):
-        numbers = names.astype(np.int64)
-        bad = np.flatnonzero((numbers < 0) | (numbers >= len(classes)))
-        if bad.size:
-            raise DataValidationError(
-                f"labels hold class numbers outside 0..{len(classes) - 1}",
-                rows=_row_names(row_ids, bad),
-                fix="give each label as a species name or a class number of the probability columns",
-            )
-        return numbers
-    lookup = {name: i for i, name in enumerate(classes)}
-    positions = np.array([lookup.get(name, -1) for name in names.tolist()], dtype=np.int64)
-    bad = np.flatnonzero(positions < 0)
-    if bad.size:
-        unknown = sorted({str(names[i]) for i in bad})
-        raise DataValidationError(
-            f"labels name classes that are not probability columns: {', '.join(unknown[:5])}",
-            rows=_row_names(row_ids, bad),
-            fix=f"use the species names {', '.join(map(str, classes))}",
-        )
-    return positions
-
-
-def _one_hot_positions(frame: pd.DataFrame, classes: list | None) -> tuple[np.ndarray, list]:
-    """Class positions of a one-hot label frame, its columns reordered to ``classes``."""
-    columns = list(frame.columns)
-    if classes is None:
-        classes = columns
-    elif set(columns) != set(classes):
-        missing = [c for c in classes if c not in columns]
-        extra = [c for c in columns if c not in classes]
-        raise DataValidationError(
-            f"the one-hot label columns do not match the probability columns "
-            f"(missing: {missing or 'none'}; extra: {extra or 'none'})",
-            column=str((missing or extra)[0]),
-            fix="give labels and probabilities the same species columns",
-        )
-    values = frame[classes].to_numpy(dtype=np.float64)
-    one_hot = np.isclose(values, 1.0) | np.isclose(values, 0.0)
-    bad = np.flatnonzero(~one_hot.all(axis=1) | ~np.isclose(values.sum(axis=1), 1.0))
-    if bad.size:
-        raise DataValidationError(
-            "labels are not one-hot: each row needs exactly one 1 and zeros elsewhere",
-            rows=list(frame.index[bad]),
-            fix="pass train_labels as loaded, or a Series of species names",
-        )
-    return values.argmax(axis=1), classes
-
-
-def _labels(
+def _true_classes(
     labels, classes: list | None, n_columns: int | None = None
 ) -> tuple[np.ndarray, pd.Index | None, list]:
-    """Return (class positions, ids or None, class names) of labels in any accepted form.
+    """Return (class positions, ids or None, class names) of labels, by the one label rule.
 
     Without known ``classes`` (array predictions), labels are read against SPECIES, or against
-    the class numbers 0..n_columns-1 when the predictions do not have 8 columns.
+    the class numbers 0..n_columns-1 when the predictions do not have 8 columns; a one-hot
+    frame brings its own columns.
     """
     if isinstance(labels, pd.DataFrame):
-        positions, classes = _one_hot_positions(labels, classes)
-        return positions, labels.index, classes
-    if classes is None:
+        if classes is None:
+            classes = list(labels.columns)
+        elif set(labels.columns) != set(classes):
+            missing = [c for c in classes if c not in labels.columns]
+            extra = [c for c in labels.columns if c not in classes]
+            raise DataValidationError(
+                f"the one-hot label columns do not match the probability columns "
+                f"(missing: {missing or 'none'}; extra: {extra or 'none'})",
+                column=str((missing or extra)[0]),
+                fix="give labels and probabilities the same species columns",
+            )
+    elif classes is None:
         use_species = n_columns is None or n_columns == len(SPECIES)
         classes = list(SPECIES) if use_species else list(range(n_columns))
-    if isinstance(labels, pd.Series):
-        if labels.isna().any():
-            raise DataValidationError(
-                "labels hold missing values",
-                rows=list(labels.index[labels.isna().to_numpy()]),
-                fix="drop the unlabelled images or fill in their species",
-            )
-        ids = labels.index
-        numeric = pd.api.types.is_numeric_dtype(labels)
-        values = labels.to_numpy() if numeric else labels.to_numpy(dtype=object)
+    positions = class_positions(labels, classes)
+    ids = labels.index if isinstance(labels, pd.Series | pd.DataFrame) else None
+    return positions, ids, list(classes)
+
+
+def _as_float_table(values) -> np.ndarray | None:
+    """The values as a float (N, C) array when they are a 2-D table of numbers, else None."""
+    if isinstance(values, pd.DataFrame):
+        if not all(pd.api.types.is_numeric_dtype(values[c]) for c in values.columns):
+            return None
+        values = values.to_numpy(dtype=np.float64)
+    elif hasattr(values, "detach"):  # a torch tensor
+        values = values.detach().cpu().numpy()
+    try:
+        table = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return table if table.ndim == 2 else None
+
+
+def _check_order(labels, predictions, call: str) -> None:
+    """Refuse predictions passed first and labels second (the order before scikit-learn's).
+
+    The sign: the first argument is a table holding numbers other than 0 and 1 (probabilities
+    or logits), while the second is one label per image or a one-hot table.
+    """
+    first = _as_float_table(labels)
+    if first is None or first.size == 0 or np.isin(first, (0.0, 1.0)).all():
+        return
+    second = _as_float_table(predictions)
+    if second is None:
+        if hasattr(predictions, "detach"):  # a torch tensor
+            predictions = predictions.detach().cpu().numpy()
+        looks_like_labels = np.ndim(np.asarray(predictions, dtype=object)) == 1
     else:
-        if hasattr(labels, "detach"):  # a torch tensor
-            labels = labels.detach().cpu().numpy()
-        ids, values = None, np.asarray(labels)
-        if values.ndim == 2 and values.shape[1] == len(classes):
-            positions, classes = _one_hot_positions(pd.DataFrame(values, columns=classes), classes)
-            return positions, None, classes
-    if values.ndim != 1 or values.size == 0:
+        looks_like_labels = second.size > 0 and one_hot_faults(second).bad_rows.size == 0
+    if looks_like_labels:
         raise DataValidationError(
-            f"labels must be one label per image (or one-hot rows), got shape {values.shape}",
-            fix="pass the one-hot train_labels frame or a Series of species names indexed by id",
+            "arguments look swapped: metrics take (y_true, y_pred) like scikit-learn, but the "
+            "first argument holds scores (numbers other than 0 and 1) and the second labels",
+            fix=f"call {call}: the true labels first, then the model's outputs",
         )
-    return _class_positions(values, classes, ids), ids, classes
 
 
 def _align(
-    values, labels, what: str = "probabilities"
+    labels, values, what: str = "probabilities", call: str = "log_loss(labels, probs)"
 ) -> tuple[np.ndarray, np.ndarray, list, pd.Index | None]:
     """Match predictions with labels, by id when both have ids; check the values are usable.
 
     Returns:
         (matrix (N, C) float64, true class positions (N,), class names, ids or None).
     """
+    _check_order(labels, values, call)
     matrix, ids, columns = _to_matrix(values, what)
-    y, label_ids, classes = _labels(labels, columns, n_columns=matrix.shape[1])
+    y, label_ids, classes = _true_classes(labels, columns, n_columns=matrix.shape[1])
     if len(classes) != matrix.shape[1]:
         raise DataValidationError(
             f"{what} have {matrix.shape[1]} columns but the labels know {len(classes)} classes",
@@ -213,13 +196,18 @@ def _row_losses(probs: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
     return -np.log(normalised[np.arange(len(y)), y])
 
 
-def accuracy(probs, labels) -> float:
-    """Share of images whose most probable class is the true one."""
-    matrix, y, _, _ = _align(probs, labels)
+def accuracy(labels, probs) -> float:
+    """Share of images whose most probable class is the true one.
+
+    Args:
+        labels: The true labels (one-hot frame, species names or class numbers).
+        probs: (N, classes) probabilities, a DataFrame indexed by id or an array.
+    """
+    matrix, y, _, _ = _align(labels, probs, call="accuracy(labels, probs)")
     return float(np.mean(matrix.argmax(axis=1) == y))
 
 
-def log_loss(probs, labels, eps: float = EPS) -> float:
+def log_loss(labels, probs, eps: float = EPS) -> float:
     r"""The competition metric: multi-class log loss (lower is better).
 
     .. math::
@@ -234,9 +222,12 @@ def log_loss(probs, labels, eps: float = EPS) -> float:
     scikit-learn's ``log_loss`` gives the same number on the clipped, renormalised
     probabilities (since version 1.5 it clips at machine precision and no longer renormalises).
 
+    Arguments come in scikit-learn's order, ``(y_true, y_pred)``; passing them the other way
+    round raises a `DataValidationError` saying so.
+
     Args:
-        probs: (N, classes) probabilities: a DataFrame indexed by id or an array.
         labels: One-hot frame, Series of species names, or an array of names or class numbers.
+        probs: (N, classes) probabilities: a DataFrame indexed by id or an array.
         eps: Clipping bound; the competition uses 1e-15.
 
     Returns:
@@ -244,7 +235,7 @@ def log_loss(probs, labels, eps: float = EPS) -> float:
     """
     if not 0.0 < eps < 0.5:
         raise ValueError(f"eps must be in (0, 0.5), got {eps!r}")
-    matrix, y, _, _ = _align(probs, labels)
+    matrix, y, _, _ = _align(labels, probs, call="log_loss(labels, probs)")
     return float(np.mean(_row_losses(matrix, y, eps)))
 
 
@@ -258,9 +249,9 @@ def majority_baseline(train_labels, eval_labels) -> dict[str, float]:
     Returns:
         ``{"accuracy": ..., "log_loss": ...}`` on ``eval_labels``.
     """
-    y_train, _, classes = _labels(train_labels, None)
+    y_train, _, classes = _true_classes(train_labels, None)
     counts = np.bincount(y_train, minlength=len(classes)).astype(np.float64)
-    y_eval, _, _ = _labels(eval_labels, classes)
+    y_eval, _, _ = _true_classes(eval_labels, classes)
     constant = np.tile(counts / counts.sum(), (len(y_eval), 1))
     return {
         "accuracy": float(np.mean(y_eval == np.argmax(counts))),
@@ -275,7 +266,7 @@ def uniform_baseline(eval_labels) -> dict[str, float]:
         ``{"accuracy": ..., "log_loss": ...}``; accuracy is the chance level 1/classes, the
         expected accuracy of a uniform random guess (uniform probabilities have no argmax).
     """
-    y_eval, _, classes = _labels(eval_labels, None)
+    y_eval, _, classes = _true_classes(eval_labels, None)
     constant = np.full((len(y_eval), len(classes)), 1.0 / len(classes))
     return {
         "accuracy": 1.0 / len(classes),
@@ -283,13 +274,17 @@ def uniform_baseline(eval_labels) -> dict[str, float]:
     }
 
 
-def per_class_report(probs, labels) -> pd.DataFrame:
+def per_class_report(labels, probs) -> pd.DataFrame:
     """Precision, recall, F1 and support of each species, from the most probable class.
+
+    Args:
+        labels: The true labels (one-hot frame, species names or class numbers).
+        probs: (N, classes) probabilities, a DataFrame indexed by id or an array.
 
     Returns:
         A frame indexed by species with columns precision, recall, f1, support.
     """
-    matrix, y, classes, _ = _align(probs, labels)
+    matrix, y, classes, _ = _align(labels, probs, call="per_class_report(labels, probs)")
     positions = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(
         y, matrix.argmax(axis=1), labels=positions, zero_division=0
@@ -300,12 +295,12 @@ def per_class_report(probs, labels) -> pd.DataFrame:
     )
 
 
-def per_site_accuracy(probs, labels, features: pd.DataFrame, eps: float = EPS) -> pd.DataFrame:
+def per_site_accuracy(labels, probs, features: pd.DataFrame, eps: float = EPS) -> pd.DataFrame:
     """Accuracy and log loss per camera site, worst sites first.
 
     Args:
-        probs: Probabilities indexed by id (or an array, when ``labels`` carry the ids).
         labels: One-hot frame or Series of species names.
+        probs: Probabilities indexed by id (or an array, when ``labels`` carry the ids).
         features: A features frame indexed by id with a ``site`` column (it may hold more ids).
         eps: Clipping bound of the log loss.
 
@@ -313,7 +308,7 @@ def per_site_accuracy(probs, labels, features: pd.DataFrame, eps: float = EPS) -
         Columns site, n, accuracy, log_loss; sorted by accuracy (lowest first), then log loss
         (highest first), then site.
     """
-    matrix, y, _, ids = _align(probs, labels)
+    matrix, y, _, ids = _align(labels, probs, call="per_site_accuracy(labels, probs, features)")
     if ids is None:
         raise DataValidationError(
             "per-site scores need image ids, but neither probabilities nor labels carry any",
@@ -369,7 +364,7 @@ def _nll_slope(logits: np.ndarray, y: np.ndarray, beta: float) -> float:
     return float(np.mean((probs * logits).sum(axis=1) - logits[np.arange(len(y)), y]))
 
 
-def fit_temperature(logits, labels, bounds: tuple[float, float] = (0.01, 100.0)) -> float:
+def fit_temperature(labels, logits, bounds: tuple[float, float] = (0.01, 100.0)) -> float:
     """Fit the one temperature T that minimises the log loss of softmax(logits / T).
 
     Temperature scaling fixes over-confidence, which log loss punishes hard, without changing
@@ -380,8 +375,8 @@ def fit_temperature(logits, labels, bounds: tuple[float, float] = (0.01, 100.0))
     slope on log β finds the minimum exactly and deterministically.
 
     Args:
-        logits: (N, classes) raw model outputs (DataFrame indexed by id, array or tensor).
         labels: One-hot frame, Series of species names, or array of names or class numbers.
+        logits: (N, classes) raw model outputs (DataFrame indexed by id, array or tensor).
         bounds: Smallest and largest temperature allowed; the result is clamped to them.
 
     Returns:
@@ -391,7 +386,7 @@ def fit_temperature(logits, labels, bounds: tuple[float, float] = (0.01, 100.0))
     t_min, t_max = bounds
     if not 0.0 < t_min < t_max or not math.isfinite(t_max):
         raise ValueError(f"bounds must satisfy 0 < low < high < inf, got {bounds!r}")
-    matrix, y, _, _ = _align(logits, labels, what="logits")
+    matrix, y, _, _ = _align(labels, logits, what="logits", call="fit_temperature(labels, logits)")
     low, high = math.log(1.0 / t_max), math.log(1.0 / t_min)  # bracket on log β
     slope_low = _nll_slope(matrix, y, math.exp(low))
     slope_high = _nll_slope(matrix, y, math.exp(high))

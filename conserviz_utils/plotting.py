@@ -4,8 +4,9 @@ Figures are made through pyplot, so Jupyter's inline backend shows each one once
 ends; end the cell with ``;`` so the returned Figure is not shown a second time. Outside a
 notebook, save it (``fig.savefig``) and close it (``plt.close(fig)``).
 
-Labels may be the one-hot label frame or a Series id → species name; probabilities are a frame
-indexed by id with one column per species (what ``predict`` returns).
+Labels may be the one-hot label frame or a Series id → species name (read by the one rule of
+`conserviz_utils.labels`); probabilities are a frame indexed by id with one column per species
+(what ``predict`` returns).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from sklearn.metrics import ConfusionMatrixDisplay
 
 from conserviz_utils.errors import DataValidationError, ImageLoadError
 from conserviz_utils.images import open_image
-from conserviz_utils.split import labels_to_species, species_order
+from conserviz_utils.labels import species_names
+from conserviz_utils.split import species_order
 
 #: Longest side of the images drawn in galleries: plenty for a 2–3 inch panel, and it keeps
 #: drawing fast.
@@ -51,7 +53,7 @@ def show_species_grid(
     """
     features, labels = _features_and_labels(data_or_features, labels)
     _check_positive(per_species, "per_species", example=2)
-    species = labels_to_species(labels)
+    species = species_names(labels, species=None)
     names = species_order(species)
     _require_paths(features, species.index)
     if per_species == 1:
@@ -87,11 +89,11 @@ def plot_class_distribution(
         title: replaces the default title.
     """
     if isinstance(labels, Mapping):
-        sets = {name: labels_to_species(value) for name, value in labels.items()}
+        sets = {name: species_names(value, species=None) for name, value in labels.items()}
         if not sets:
             raise DataValidationError("no label sets to plot", fix="pass at least one label set")
     else:
-        sets = {"": labels_to_species(labels)}
+        sets = {"": species_names(labels, species=None)}
     names = species_order(pd.concat(list(sets.values())))
 
     bars_per_species = 1 if len(sets) == 1 else 0.6 * len(sets)
@@ -565,7 +567,13 @@ def _check_probs(probs: pd.DataFrame) -> None:
 def _align(probs: pd.DataFrame, labels: Labels) -> tuple[pd.DataFrame, pd.Series]:
     """Probabilities and the true species of the same ids, in the order of ``probs``."""
     _check_probs(probs)
-    species = labels_to_species(labels)
+    species = species_names(labels, species=None)
+    if species.index.has_duplicates:
+        raise DataValidationError(
+            "labels list some ids more than once",
+            rows=species.index[species.index.duplicated()].unique(),
+            fix="keep one label per image id",
+        )
     missing = probs.index.difference(species.index)
     if len(missing):
         raise DataValidationError(

@@ -8,13 +8,13 @@ or a row that does not sum to 1 makes the upload fail (or, worse, score the wron
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from conserviz_utils.errors import SubmissionError
+from conserviz_utils.fileio import atomic_writer
 
 #: How far a row's probabilities may sum from 1.
 ROW_SUM_TOLERANCE = 1e-6
@@ -93,14 +93,23 @@ def validate_submission(df: pd.DataFrame, submission_format: pd.DataFrame) -> No
 def write_submission(df: pd.DataFrame, path: str | Path, submission_format: pd.DataFrame) -> Path:
     """Validate ``df`` and write it as a CSV the competition accepts; never writes an invalid one.
 
-    The file is written to a temporary name and renamed into place, so an interrupted write never
-    leaves a half-written submission. Floats are written at full (round-trip) precision.
+    The file is written to a temporary name and renamed into place (`fileio.atomic_writer`), so
+    an interrupted write never leaves a half-written submission. Floats are written at full
+    (round-trip) precision.
 
     Returns:
         The path written.
+
+    Raises:
+        SubmissionError: ``df`` is not a valid submission (nothing is written).
+        ConservizError: the file cannot be written (full disk, read-only folder); a previous
+            submission at ``path`` is left as it was.
     """
     validate_submission(df, submission_format)
-    return _write_csv_atomically(df, Path(path))
+    path = Path(path)
+    with atomic_writer(path, "w", what="submission") as handle:
+        df.to_csv(handle, lineterminator="\n")
+    return path
 
 
 def read_submission(path: str | Path) -> pd.DataFrame:
@@ -222,20 +231,3 @@ def _check_values(df: pd.DataFrame, bad: np.ndarray, problem: str, fix: str) -> 
             rows=df.index[bad.any(axis=1)],
             fix=fix,
         )
-
-
-def _write_csv_atomically(frame: pd.DataFrame, path: Path) -> Path:
-    """Write ``frame`` (index included) to ``path`` via a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder, so the rename is atomic; a plain open() keeps the usual file permissions.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            frame.to_csv(handle, lineterminator="\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path

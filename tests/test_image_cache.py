@@ -138,3 +138,23 @@ def test_images_dataset_needs_a_decode_size_to_cache(sample_dir, tmp_path):
         ImagesDataset(features, transform=no_resize, cache_dir=tmp_path / "cache")
     explicit = ImagesDataset(features, transform=no_resize, decode_size=SIZE, cache_dir=tmp_path / "cache")
     assert explicit[0]["image"].size == SIZE  # the Pillow image the cache stored, untransformed
+
+
+def test_a_failed_cache_write_is_an_image_load_error_and_leaves_nothing(images, cache, monkeypatch):
+    real_save = np.save
+
+    def disk_full(file, *args, **kwargs):
+        file.write(b"\x93NUMPY half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(image_cache_module.np, "save", disk_full)
+    with pytest.raises(ImageLoadError, match="cannot write the image cache entry") as caught:
+        cache.load(images[0])
+    monkeypatch.setattr(image_cache_module.np, "save", real_save)
+    entry = cache.entry_path(images[0])
+    assert caught.value.path == entry and "No space left" in str(caught.value)
+    assert "writable" in caught.value.fix
+    assert not entry.exists()
+    assert [p.name for p in entry.parent.iterdir()] == []  # no temporary file left behind
+    # ImageLoadError is what datasets skip with on_error="skip"; the next load simply works.
+    assert cache.load(images[0]).size == SIZE

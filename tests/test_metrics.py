@@ -62,7 +62,7 @@ def sklearn_log_loss(labels: pd.Series, probs: np.ndarray) -> float:
 @pytest.mark.parametrize("seed", range(5))
 def test_log_loss_equals_sklearn_on_proper_probabilities(seed):
     probs, labels = random_case(seed=seed)
-    assert log_loss(probs, labels) == pytest.approx(sklearn_log_loss(labels, probs.to_numpy()), rel=1e-12)
+    assert log_loss(labels, probs) == pytest.approx(sklearn_log_loss(labels, probs.to_numpy()), rel=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -76,48 +76,48 @@ def test_log_loss_clips_and_renormalises_like_the_competition(seed):
     raw[certain_yes, rng.integers(0, len(CLASSES), certain_yes.sum())] = 1.0  # certain "yes", often wrong
     raw = pd.DataFrame(raw, index=probs.index, columns=CLASSES)
 
-    ours = log_loss(raw, labels)
+    ours = log_loss(labels, raw)
     assert math.isfinite(ours)
     assert ours == pytest.approx(sklearn_log_loss(labels, competition_reference(raw.to_numpy())), rel=1e-12)
     # A wrong certain answer costs about -log(1e-15), not infinity.
     wrong = raw.iloc[[0]].copy()
     wrong.iloc[0] = 0.0
     wrong.iloc[0, (CLASSES.index(labels.iloc[0]) + 1) % len(CLASSES)] = 1.0
-    assert log_loss(wrong, labels.iloc[[0]]) == pytest.approx(-math.log(EPS), rel=1e-6)
+    assert log_loss(labels.iloc[[0]], wrong) == pytest.approx(-math.log(EPS), rel=1e-6)
 
 
 def test_log_loss_by_hand():
     probs = np.array([[0.5, 0.25, 0.25, 0, 0, 0, 0, 0], [0.1, 0.9, 0, 0, 0, 0, 0, 0]])
-    assert log_loss(probs, ["antelope_duiker", "bird"]) == pytest.approx(-(math.log(0.5) + math.log(0.9)) / 2)
-    assert log_loss(probs, [1, 1]) == pytest.approx(-(math.log(0.25) + math.log(0.9)) / 2)
-    assert accuracy(probs, ["antelope_duiker", "bird"]) == 1.0
-    assert accuracy(probs, ["bird", "bird"]) == 0.5
+    assert log_loss(["antelope_duiker", "bird"], probs) == pytest.approx(-(math.log(0.5) + math.log(0.9)) / 2)
+    assert log_loss([1, 1], probs) == pytest.approx(-(math.log(0.25) + math.log(0.9)) / 2)
+    assert accuracy(["antelope_duiker", "bird"], probs) == 1.0
+    assert accuracy(["bird", "bird"], probs) == 0.5
 
 
 def test_labels_align_by_id_whatever_their_order_or_form():
     probs, labels = random_case()
-    expected = log_loss(probs, labels)
+    expected = log_loss(labels, probs)
     shuffled = labels.sample(frac=1.0, random_state=0)
-    assert log_loss(probs, shuffled) == expected
-    assert log_loss(probs, one_hot(shuffled)) == expected
-    assert log_loss(probs.to_numpy(), labels) == expected  # positional when probs are a plain array
-    assert log_loss(probs, labels.to_numpy()) == expected
-    assert accuracy(probs, one_hot(shuffled)) == accuracy(probs, labels)
+    assert log_loss(shuffled, probs) == expected
+    assert log_loss(one_hot(shuffled), probs) == expected
+    assert log_loss(labels, probs.to_numpy()) == expected  # positional when probs are a plain array
+    assert log_loss(labels.to_numpy(), probs) == expected
+    assert accuracy(one_hot(shuffled), probs) == accuracy(labels, probs)
     # Reordered species columns are matched by name.
-    assert log_loss(probs[CLASSES[::-1]], labels) == pytest.approx(expected, rel=1e-15)
+    assert log_loss(labels, probs[CLASSES[::-1]]) == pytest.approx(expected, rel=1e-15)
 
 
 def test_mismatched_ids_are_refused_naming_them():
     probs, labels = random_case()
     with pytest.raises(DataValidationError, match="different images") as caught:
-        log_loss(probs, labels.drop(index=["ZJ000003", "ZJ000007"]))
+        log_loss(labels.drop(index=["ZJ000003", "ZJ000007"]), probs)
     assert caught.value.rows == ["ZJ000003", "ZJ000007"]
     assert "labels.loc[probs.index]" in str(caught.value)
     with pytest.raises(DataValidationError, match="60 rows of probabilities but 59 labels"):
-        log_loss(probs.to_numpy(), labels.to_numpy()[:-1])
+        log_loss(labels.to_numpy()[:-1], probs.to_numpy())
     doubled = pd.concat([labels, labels.iloc[:1]])
     with pytest.raises(DataValidationError, match="duplicated ids"):
-        accuracy(probs, doubled)
+        accuracy(doubled, probs)
 
 
 @pytest.mark.parametrize(
@@ -134,7 +134,7 @@ def test_mismatched_ids_are_refused_naming_them():
 def test_bad_inputs_get_a_clear_error(mutate, match, row):
     probs, labels = mutate(*random_case())
     with pytest.raises(DataValidationError, match=match) as caught:
-        log_loss(probs, labels)
+        log_loss(labels, probs)
     if row is not None:
         assert caught.value.rows == [row]
 
@@ -160,7 +160,7 @@ def test_per_class_report_by_hand():
     predicted = ["bird", "hog", "hog", "hog"]
     probs = np.zeros((4, 8))
     probs[np.arange(4), [CLASSES.index(s) for s in predicted]] = 1.0
-    report = per_class_report(probs, labels)
+    report = per_class_report(labels, probs)
     assert list(report.index) == CLASSES and list(report.columns) == ["precision", "recall", "f1", "support"]
     assert report.loc["bird"].tolist() == pytest.approx([1.0, 0.5, 2 / 3, 2])
     assert report.loc["hog"].tolist() == pytest.approx([1 / 3, 1.0, 0.5, 1])
@@ -178,7 +178,7 @@ def test_per_site_accuracy_scores_each_site_worst_first():
         {"site": ["S0002", "S0002", "S0001", "S0001", "S0003"], "filepath": "x"}, index=ids
     )
     extra = pd.DataFrame({"site": ["S0009"], "filepath": "x"}, index=["ZJ999999"])
-    table = per_site_accuracy(probs, labels, pd.concat([features, extra]))
+    table = per_site_accuracy(labels, probs, pd.concat([features, extra]))
     assert list(table.columns) == ["site", "n", "accuracy", "log_loss"]
     assert table["site"].tolist() == ["S0001", "S0002", "S0003"]
     assert table["n"].tolist() == [2, 2, 1]
@@ -186,9 +186,9 @@ def test_per_site_accuracy_scores_each_site_worst_first():
     assert table.loc[0, "log_loss"] == pytest.approx(-(math.log(0.2) + math.log(0.8)) / 2)
 
     with pytest.raises(DataValidationError, match="no site column"):
-        per_site_accuracy(probs, labels, features.drop(columns="site"))
+        per_site_accuracy(labels, probs, features.drop(columns="site"))
     with pytest.raises(DataValidationError, match="lack the site") as caught:
-        per_site_accuracy(probs, labels, features.drop(index="ZJ000001"))
+        per_site_accuracy(labels, probs, features.drop(index="ZJ000001"))
     assert caught.value.rows == ["ZJ000001"]
 
 
@@ -203,30 +203,30 @@ def calibrated_logits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_temperature_leaves_calibrated_logits_near_one():
     logits, labels = calibrated_logits(4000, seed=0)
-    assert fit_temperature(logits, labels) == pytest.approx(1.0, abs=0.1)
+    assert fit_temperature(labels, logits) == pytest.approx(1.0, abs=0.1)
 
 
 def test_temperature_softens_over_confident_logits():
     logits, labels = calibrated_logits(4000, seed=1)
     over_confident = 4.0 * logits
-    temperature = fit_temperature(over_confident, labels)
+    temperature = fit_temperature(labels, over_confident)
     assert temperature == pytest.approx(4.0, rel=0.1)
-    before = log_loss(apply_temperature(over_confident, 1.0), labels)
-    after = log_loss(apply_temperature(over_confident, temperature), labels)
+    before = log_loss(labels, apply_temperature(over_confident, 1.0))
+    after = log_loss(labels, apply_temperature(over_confident, temperature))
     assert after < before - 0.5
     # Scaling never changes the ranking, so accuracy is untouched.
     calibrated = apply_temperature(over_confident, temperature)
-    assert accuracy(calibrated, labels) == accuracy(apply_temperature(logits, 1.0), labels)
+    assert accuracy(labels, calibrated) == accuracy(labels, apply_temperature(logits, 1.0))
     # It is the minimum: nudging T either way does worse.
     for nudged in (temperature * 1.02, temperature / 1.02):
-        assert log_loss(apply_temperature(over_confident, nudged), labels) > after
+        assert log_loss(labels, apply_temperature(over_confident, nudged)) > after
 
 
 def test_temperature_sharpens_under_confident_logits_and_is_deterministic():
     logits, labels = calibrated_logits(2000, seed=2)
-    first = fit_temperature(logits / 3.0, labels)
+    first = fit_temperature(labels, logits / 3.0)
     assert first == pytest.approx(1 / 3, rel=0.1)
-    assert fit_temperature(logits / 3.0, labels) == first
+    assert fit_temperature(labels, logits / 3.0) == first
 
 
 def test_temperature_accepts_frames_aligned_by_id_and_tensors():
@@ -234,10 +234,10 @@ def test_temperature_accepts_frames_aligned_by_id_and_tensors():
     ids = make_ids(300)
     frame = pd.DataFrame(logits, index=ids, columns=CLASSES)
     names = pd.Series(np.array(CLASSES)[labels], index=ids)
-    expected = fit_temperature(logits, labels)
-    assert fit_temperature(frame, names.iloc[::-1]) == expected
+    expected = fit_temperature(labels, logits)
+    assert fit_temperature(names.iloc[::-1], frame) == expected
     torch = pytest.importorskip("torch")
-    assert fit_temperature(torch.from_numpy(logits), torch.from_numpy(labels)) == expected
+    assert fit_temperature(torch.from_numpy(labels), torch.from_numpy(logits)) == expected
 
 
 def test_apply_temperature_keeps_the_layout_and_is_stable():
@@ -257,4 +257,50 @@ def test_apply_temperature_keeps_the_layout_and_is_stable():
 
 def test_fit_temperature_clamps_to_its_bounds_when_everything_is_right():
     logits = np.eye(8) * 5.0
-    assert fit_temperature(logits, np.arange(8), bounds=(0.05, 20.0)) == 0.05
+    assert fit_temperature(np.arange(8), logits, bounds=(0.05, 20.0)) == 0.05
+
+
+# --- argument order -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["names", "one-hot frame", "class numbers", "one-hot array"],
+)
+def test_swapped_arguments_are_refused_saying_so(form):
+    probs, labels = random_case()
+    as_form = {
+        "names": labels,
+        "one-hot frame": one_hot(labels),
+        "class numbers": labels.map(CLASSES.index).to_numpy(),
+        "one-hot array": one_hot(labels).to_numpy(),
+    }[form]
+    logits = np.log(probs.to_numpy())
+    calls = [
+        lambda: log_loss(probs, as_form),
+        lambda: accuracy(probs.to_numpy(), as_form),
+        lambda: per_class_report(probs, as_form),
+        lambda: per_site_accuracy(probs, as_form, pd.DataFrame({"site": "S1"}, index=probs.index)),
+        lambda: fit_temperature(logits, as_form),
+    ]
+    for call in calls:
+        with pytest.raises(DataValidationError, match="arguments look swapped") as caught:
+            call()
+        assert "(y_true, y_pred) like scikit-learn" in str(caught.value)
+        assert "labels first" in caught.value.fix
+    torch = pytest.importorskip("torch")
+    with pytest.raises(DataValidationError, match="arguments look swapped"):
+        fit_temperature(torch.tensor(logits), torch.tensor(labels.map(CLASSES.index).to_numpy()))
+
+
+def test_swap_check_passes_the_right_order_and_confident_one_hot_predictions():
+    probs, labels = random_case()
+    assert log_loss(one_hot(labels), probs) == log_loss(labels, probs)
+    # A model that is certain everywhere outputs one-hot rows: nothing to call swapped.
+    certain = one_hot(labels.sample(frac=1.0, random_state=1).set_axis(labels.index))
+    assert accuracy(one_hot(labels), certain) == accuracy(labels, certain)
+    # Soft labels in the first place are refused by the label rule, not called swapped.
+    with pytest.raises(DataValidationError, match="not one-hot") as caught:
+        log_loss(probs, probs)
+    assert "probabilities or soft labels" in caught.value.fix
+    assert len(caught.value.rows) == len(probs)

@@ -11,6 +11,7 @@ from sklearn.model_selection import GroupShuffleSplit
 
 from conserviz_utils import SPECIES, DataValidationError
 from conserviz_utils.split import (
+    Split,
     labels_to_species,
     load_splits,
     save_splits,
@@ -95,6 +96,39 @@ def test_labels_to_species_refuses_text_columns_and_duplicate_ids():
     with pytest.raises(DataValidationError, match="more than once") as err:
         labels_to_species(pd.Series(["bird", "hog"], index=["a", "a"]))
     assert err.value.rows == ["a"]
+
+
+def test_labels_to_species_follows_the_one_label_rule():
+    index = pd.Index(["a", "b"], name="id")
+    soft = pd.DataFrame({"bird": [1.0, 0.6], "hog": [0.0, 0.4]}, index=index)
+    with pytest.raises(DataValidationError, match="not one-hot") as err:
+        labels_to_species(soft)  # soft rows were once argmaxed here; the one rule refuses them
+    assert err.value.rows == ["b"]
+    # Any species names go: splits work for a field team's own species too.
+    assert labels_to_species(pd.Series(["okapi", "aardvark"], index=index)).tolist() == ["okapi", "aardvark"]
+
+
+# --- the Split type -------------------------------------------------------------------------
+
+
+def test_every_split_has_named_fields_and_still_unpacks(frames, tmp_path):
+    features, labels = frames
+    splits = {
+        "stratified": split_stratified(labels, seed=0),
+        "by site": split_by_site(features, labels, seed=0),
+    }
+    splits["loaded"] = load_splits(save_splits(tmp_path / "s.csv", *splits["by site"]))
+    for name, split in splits.items():
+        assert isinstance(split, Split), name
+        train_ids, eval_ids = split
+        assert split.train is train_ids and split.eval is eval_ids, name
+        assert split[0] is split.train and split[1] is split.eval, name
+        assert len(split.train) + len(split.eval) == len(labels), name
+    assert splits["loaded"].train.equals(splits["by site"].train)
+    assert splits["loaded"].eval.equals(splits["by site"].eval)
+    # The named tuple is a plain pair to the summary.
+    summary = split_summary(splits, features, labels)
+    assert summary.loc[("by site", "eval"), "sites_in_both"] == 0
 
 
 # --- split_stratified -----------------------------------------------------------------------

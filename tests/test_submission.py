@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conserviz_utils import SPECIES, SubmissionError
+from conserviz_utils import SPECIES, ConservizError, SubmissionError
 from conserviz_utils.submission import (
     make_submission,
     read_submission,
@@ -216,8 +216,9 @@ def test_an_interrupted_write_keeps_the_previous_submission(
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", write_half_then_fail)
     newer = random_probabilities(list(submission_format.index), seed=5)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(ConservizError, match="No space left") as caught:
         write_submission(newer, path, submission_format)
+    assert caught.value.path == path and "disk space" in caught.value.fix
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
 
