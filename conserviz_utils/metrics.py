@@ -105,7 +105,7 @@ def _as_float_table(values) -> np.ndarray | None:
     return table if table.ndim == 2 else None
 
 
-def _check_order(labels, predictions, call: str) -> None:
+def check_argument_order(labels, predictions, call: str) -> None:
     """Refuse predictions passed first and labels second (the order before scikit-learn's).
 
     The sign: the first argument is a table holding numbers other than 0 and 1 (probabilities
@@ -123,7 +123,7 @@ def _check_order(labels, predictions, call: str) -> None:
         looks_like_labels = second.size > 0 and one_hot_faults(second).bad_rows.size == 0
     if looks_like_labels:
         raise DataValidationError(
-            "arguments look swapped: metrics take (y_true, y_pred) like scikit-learn, but the "
+            "arguments look swapped: metrics and plots take (y_true, y_pred) like scikit-learn, but the "
             "first argument holds scores (numbers other than 0 and 1) and the second labels",
             fix=f"call {call}: the true labels first, then the model's outputs",
         )
@@ -137,7 +137,7 @@ def _align(
     Returns:
         (matrix (N, C) float64, true class positions (N,), class names, ids or None).
     """
-    _check_order(labels, values, call)
+    check_argument_order(labels, values, call)
     matrix, ids, columns = _to_matrix(values, what)
     y, label_ids, classes = _true_classes(labels, columns, n_columns=matrix.shape[1])
     if len(classes) != matrix.shape[1]:
@@ -435,6 +435,7 @@ def apply_temperature(logits, temperature: float):
 
 
 __all__ = [
+    "check_argument_order",
     "EPS",
     "accuracy",
     "log_loss",

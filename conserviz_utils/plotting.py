@@ -27,6 +27,7 @@ from sklearn.metrics import ConfusionMatrixDisplay
 from conserviz_utils.errors import DataValidationError, ImageLoadError
 from conserviz_utils.images import open_image
 from conserviz_utils.labels import species_names
+from conserviz_utils.metrics import check_argument_order
 from conserviz_utils.split import species_order
 
 #: Longest side of the images drawn in galleries: plenty for a 2–3 inch panel, and it keeps
@@ -276,13 +277,13 @@ def plot_loss_curve(history: pd.DataFrame, window: int = 50) -> Figure:
 
 
 def plot_confusion_matrix(
-    probs: pd.DataFrame, labels: Labels, normalize: str | None = "true"
+    labels: Labels, probs: pd.DataFrame, normalize: str | None = "true"
 ) -> Figure:
     """Confusion matrix of the most probable species against the true one (sklearn's display).
 
     Args:
-        probs: probabilities indexed by id, one column per species.
         labels: true labels covering every id of ``probs``.
+        probs: probabilities indexed by id, one column per species.
         normalize: ``"true"`` (each row sums to 1: recall on the diagonal), ``"pred"`` (each
             column sums to 1: precision), ``"all"``, or ``None`` for counts.
     """
@@ -297,7 +298,7 @@ def plot_confusion_matrix(
             f"normalize must be 'true', 'pred', 'all' or None, got {normalize!r}",
             fix="pass normalize='true'",
         )
-    probs, true = _align(probs, labels)
+    probs, true = _align(probs, labels, "plot_confusion_matrix(labels, probs)")
     predicted = _predicted(probs)
     fig, ax = plt.subplots(figsize=(7.5, 6.5), layout="constrained")
     ConfusionMatrixDisplay.from_predictions(
@@ -331,7 +332,7 @@ def plot_prediction_distribution(probs: pd.DataFrame, labels: Labels | None = No
         counts = {"predicted": _predicted(probs).value_counts()}
         title = f"Predicted species ({len(probs):,} images)"
     else:
-        probs, true = _align(probs, labels)
+        probs, true = _align(probs, labels, "plot_prediction_distribution(probs, labels)")
         counts = {"true": true.value_counts(), "predicted": _predicted(probs).value_counts()}
         title = f"Predicted vs true species ({len(probs):,} images)"
     fig, ax = plt.subplots(figsize=(7.5, 3.8), layout="constrained")
@@ -344,8 +345,8 @@ def plot_prediction_distribution(probs: pd.DataFrame, labels: Labels | None = No
 
 
 def plot_misclassified(
-    probs: pd.DataFrame,
     labels: Labels,
+    probs: pd.DataFrame,
     features: pd.DataFrame,
     n: int = 12,
     ncols: int = 4,
@@ -353,15 +354,15 @@ def plot_misclassified(
     """Gallery of the most confident mistakes: each image with its true and predicted species.
 
     Args:
-        probs: probabilities indexed by id, one column per species.
         labels: true labels covering every id of ``probs``.
+        probs: probabilities indexed by id, one column per species.
         features: frame with a ``path`` column (absolute image paths) for those ids.
         n: at most this many images, the most confident mistakes first.
         ncols: images per row.
     """
     _check_positive(n, "n", example=12)
     _check_positive(ncols, "ncols", example=4)
-    probs, true = _align(probs, labels)
+    probs, true = _align(probs, labels, "plot_misclassified(labels, probs, features)")
     predicted = _predicted(probs)
     confidence = pd.Series(probs.to_numpy().max(axis=1), index=probs.index)
     wrong = predicted != true
@@ -392,7 +393,7 @@ def plot_misclassified(
     return fig
 
 
-def reliability_table(probs: pd.DataFrame, labels: Labels, n_bins: int = 10) -> pd.DataFrame:
+def reliability_table(labels: Labels, probs: pd.DataFrame, n_bins: int = 10) -> pd.DataFrame:
     """Mean confidence and accuracy of the predictions in each confidence bin.
 
     Confidence is the top probability; bins split [0, 1] into ``n_bins`` equal intervals.
@@ -402,7 +403,7 @@ def reliability_table(probs: pd.DataFrame, labels: Labels, n_bins: int = 10) -> 
         ``accuracy`` (NaN for empty bins).
     """
     _check_positive(n_bins, "n_bins", example=10)
-    probs, true = _align(probs, labels)
+    probs, true = _align(probs, labels, "reliability_table(labels, probs)")
     confidence = probs.to_numpy().max(axis=1)
     correct = (_predicted(probs) == true).to_numpy()
     bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)  # 1.0 joins the top bin
@@ -418,14 +419,14 @@ def reliability_table(probs: pd.DataFrame, labels: Labels, n_bins: int = 10) -> 
     return table
 
 
-def expected_calibration_error(probs: pd.DataFrame, labels: Labels, n_bins: int = 10) -> float:
+def expected_calibration_error(labels: Labels, probs: pd.DataFrame, n_bins: int = 10) -> float:
     """The expected calibration error: the count-weighted mean |accuracy − confidence| of bins."""
-    return _ece(reliability_table(probs, labels, n_bins))
+    return _ece(reliability_table(labels, probs, n_bins))
 
 
 def plot_reliability_diagram(
-    probs: pd.DataFrame,
     labels: Labels,
+    probs: pd.DataFrame,
     n_bins: int = 10,
     calibrated_probs: pd.DataFrame | None = None,
 ) -> Figure:
@@ -435,8 +436,8 @@ def plot_reliability_diagram(
     diagonal. Log loss punishes confident mistakes hard, which is why temperature scaling helps.
 
     Args:
-        probs: probabilities indexed by id, one column per species.
         labels: true labels covering every id of ``probs``.
+        probs: probabilities indexed by id, one column per species.
         n_bins: equal-width confidence bins.
         calibrated_probs: the same ids after calibration (e.g. temperature scaling), drawn too.
     """
@@ -450,7 +451,7 @@ def plot_reliability_diagram(
     eces = []
     width = 1.0 / n_bins / len(series)
     for k, (name, frame) in enumerate(series.items()):
-        table = reliability_table(frame, labels, n_bins)
+        table = reliability_table(labels, frame, n_bins)
         filled = table[table["count"] > 0]
         eces.append(_ece(table))
         ax.plot(filled["confidence"], filled["accuracy"], "o-",
@@ -564,8 +565,9 @@ def _check_probs(probs: pd.DataFrame) -> None:
         )
 
 
-def _align(probs: pd.DataFrame, labels: Labels) -> tuple[pd.DataFrame, pd.Series]:
+def _align(probs: pd.DataFrame, labels: Labels, call: str) -> tuple[pd.DataFrame, pd.Series]:
     """Probabilities and the true species of the same ids, in the order of ``probs``."""
+    check_argument_order(labels, probs, call)
     _check_probs(probs)
     species = species_names(labels, species=None)
     if species.index.has_duplicates:

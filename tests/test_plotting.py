@@ -191,17 +191,17 @@ def test_loss_curve_without_eval_and_bad_input():
 
 def test_confusion_matrix_matches_sklearn(dataset, probs):
     _, labels = dataset
-    fig = plot_confusion_matrix(probs, labels, normalize="true")
+    fig = plot_confusion_matrix(labels, probs, normalize="true")
     drawn = fig.axes[0].images[0].get_array()
     expected = confusion_matrix(
         labels.idxmax(axis=1), probs.idxmax(axis=1), labels=list(SPECIES), normalize="true"
     )
     np.testing.assert_allclose(drawn, expected)
     assert len(fig.axes) == 2  # the matrix and its colour bar
-    counts = plot_confusion_matrix(probs, labels, normalize=None).axes[0].images[0].get_array()
+    counts = plot_confusion_matrix(labels, probs, normalize=None).axes[0].images[0].get_array()
     assert counts.sum() == len(probs)
     with pytest.raises(DataValidationError, match="normalize"):
-        plot_confusion_matrix(probs, labels, normalize="rows")
+        plot_confusion_matrix(labels, probs, normalize="rows")
 
 
 def test_prediction_distribution_puts_true_and_predicted_counts_side_by_side(dataset, probs):
@@ -217,7 +217,7 @@ def test_prediction_distribution_puts_true_and_predicted_counts_side_by_side(dat
 
 def test_misclassified_gallery_shows_the_most_confident_mistakes(dataset, probs):
     features, labels = dataset
-    fig = plot_misclassified(probs, labels, features, n=5)
+    fig = plot_misclassified(labels, probs, features, n=5)
     shown = [ax for ax in fig.axes if ax.images]
     assert len(shown) == 5
     wrong = probs.idxmax(axis=1) != labels.idxmax(axis=1)
@@ -240,23 +240,23 @@ def test_reliability_table_and_ece_on_a_known_case():
     probs = pd.DataFrame(
         {"bird": [0.9, 0.1, 0.4, 0.6], "hog": [0.1, 0.9, 0.6, 0.4]}, index=list("abcd")
     )
-    table = reliability_table(probs, labels, n_bins=10)
+    table = reliability_table(labels, probs, n_bins=10)
     assert table["count"].tolist() == [0] * 6 + [2, 0, 0, 2]
     assert table.loc[9, "accuracy"] == 0.5 and table.loc[6, "accuracy"] == 0.5
     assert table.loc[9, "confidence"] == pytest.approx(0.9)
     # ECE = ½·|0.5 − 0.6| + ½·|0.5 − 0.9| = 0.25.
-    assert expected_calibration_error(probs, labels) == pytest.approx(0.25)
+    assert expected_calibration_error(labels, probs) == pytest.approx(0.25)
 
 
 def test_reliability_diagram_before_and_after_calibration(dataset, probs):
     _, labels = dataset
     softened = probs.pow(0.5)
     softened = softened.div(softened.sum(axis=1), axis=0)
-    fig = plot_reliability_diagram(probs, labels, calibrated_probs=softened)
+    fig = plot_reliability_diagram(labels, probs, calibrated_probs=softened)
     main, counts = fig.axes
     assert len(main.lines) == 3  # diagonal, before, after
-    before = expected_calibration_error(probs, labels)
-    after = expected_calibration_error(softened, labels)
+    before = expected_calibration_error(labels, probs)
+    after = expected_calibration_error(labels, softened)
     assert f"ECE {before:.3f} → {after:.3f}" in main.get_title()
     assert sum(bar.get_height() for bar in counts.patches) == pytest.approx(2.0)
 
@@ -264,5 +264,17 @@ def test_reliability_diagram_before_and_after_calibration(dataset, probs):
 def test_plots_refuse_probabilities_of_unlabelled_ids(dataset, probs):
     _, labels = dataset
     with pytest.raises(DataValidationError, match="no label") as err:
-        plot_confusion_matrix(probs, labels.iloc[1:])
+        plot_confusion_matrix(labels.iloc[1:], probs)
     assert err.value.rows == [labels.index[0]]
+
+
+def test_plots_take_y_true_first_and_say_so_when_swapped(dataset):
+    features, labels = dataset
+    values = np.random.default_rng(0).dirichlet(np.ones(labels.shape[1]), size=len(labels))
+    probs = pd.DataFrame(values, index=labels.index, columns=labels.columns)
+    for swapped in (lambda: plot_confusion_matrix(probs, labels),
+                    lambda: reliability_table(probs, labels),
+                    lambda: plot_misclassified(probs, labels, features)):
+        with pytest.raises(DataValidationError, match="look swapped") as caught:
+            swapped()
+        assert "(labels, probs" in caught.value.fix
