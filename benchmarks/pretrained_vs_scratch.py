@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 from conserviz_utils.course import (
-    CourseSettings,
     ensure_splits,
     evaluate_checkpoint,
     load_course_data,
     train_default_recipe,
 )
+from conserviz_utils.settings import CourseSettings
 
 
 def main() -> None:

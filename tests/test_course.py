@@ -1,46 +1,78 @@
-"""The notebooks' glue: settings from the environment, shared artifacts rebuilt when missing."""
+"""The notebooks' shared steps: splits, training set checks, the head's honest early stopping,
+keeping the better stage, and the artifacts later notebooks rebuild when missing."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
+
+import numpy as np
 import pandas as pd
 import pytest
+import torch
+from torch import nn
 
+from conserviz_utils import SPECIES
 from conserviz_utils.course import (
-    CourseSettings,
+    check_training_set,
+    compare_splits,
     ensure_splits,
+    holdout_split,
+    keep_better_stage,
     load_course_data,
+    save_metrics,
+    score_head,
+    train_head,
     training_ids,
 )
-from conserviz_utils.split import load_splits, save_splits
+from conserviz_utils.embeddings import Embeddings
+from conserviz_utils.errors import DataValidationError
+from conserviz_utils.recipe import Recipe
+from conserviz_utils.settings import CourseSettings
+from conserviz_utils.split import Split, load_splits, save_splits, split_stratified
 
 
-def test_defaults_are_for_a_real_run():
-    settings = CourseSettings.from_env({})
-    assert not settings.quick
-    assert settings.arch == "efficientnet_lite0"
-    assert settings.max_train_images is None
-    assert settings.artifacts.checkpoint.name == "model.pt"
+def one_hot(names, ids) -> pd.DataFrame:
+    frame = pd.DataFrame(0, index=pd.Index(ids, name="id"), columns=list(SPECIES))
+    for row, name in zip(ids, names, strict=True):
+        frame.loc[row, name] = 1
+    return frame
 
 
-def test_quick_mode_shrinks_the_run_and_variables_override(tmp_path):
-    env = {"CONSERVIZ_QUICK": "1", "CONSERVIZ_EPOCHS": "3", "CONSERVIZ_OUTPUTS": str(tmp_path)}
-    settings = CourseSettings.from_env(env)
-    assert settings.quick and settings.epochs == 3 and settings.max_train_images == 240
-    assert settings.artifacts.splits == tmp_path / "splits.csv"
-
-
-def test_a_setting_that_is_not_a_number_names_the_variable_and_the_fix():
-    with pytest.raises(ValueError, match="CONSERVIZ_BATCH_SIZE='big'.*Fix"):
-        CourseSettings.from_env({"CONSERVIZ_BATCH_SIZE": "big"})
+def balanced_labels(n: int) -> pd.DataFrame:
+    ids = [f"ZJ{i:06d}" for i in range(n)]
+    return one_hot([SPECIES[i % len(SPECIES)] for i in range(n)], ids)
 
 
 def test_training_ids_cap_is_a_seeded_subset():
-    ids = pd.Index([f"ZJ{i:06d}" for i in range(100)], name="id")
-    settings = CourseSettings.from_env({"CONSERVIZ_MAX_TRAIN_IMAGES": "10"})
-    capped = training_ids(ids, settings)
-    assert len(capped) == 10 and capped.isin(ids).all()
-    assert capped.equals(training_ids(ids, settings))
-    assert training_ids(ids, CourseSettings.from_env({})).equals(ids)
+    labels = balanced_labels(200)
+    ids = labels.index
+    recipe = Recipe(max_train_images=100)
+    capped = training_ids(ids, labels, recipe)
+    assert len(capped) == 100 and capped.isin(ids).all()
+    assert capped.equals(training_ids(ids, labels, recipe))
+    assert not capped.equals(training_ids(ids, labels, recipe.replace(seed=1)))
+    assert training_ids(ids, labels, Recipe()).equals(ids)
+
+
+def test_a_training_set_missing_a_species_is_refused_naming_it():
+    labels = balanced_labels(160)
+    without_hog = labels[labels["hog"] == 0]
+    with pytest.raises(DataValidationError, match="no image of 1 species") as caught:
+        check_training_set(without_hog)
+    assert caught.value.rows == ["hog"] and "CONSERVIZ_MAX_TRAIN_IMAGES" in caught.value.fix
+    with pytest.raises(DataValidationError, match="no image of 1 species"):
+        training_ids(without_hog.index, labels, Recipe())
+
+
+def test_a_training_set_too_small_to_learn_from_is_refused():
+    labels = balanced_labels(200)
+    check_training_set(labels.iloc[:64])  # 8 per species: the least accepted
+    with pytest.raises(DataValidationError, match="56 training images are too few.*at least 64"):
+        check_training_set(labels.iloc[:56])
+    with pytest.raises(DataValidationError, match="too few"):
+        training_ids(labels.index, labels, Recipe(max_train_images=40))
 
 
 @pytest.fixture
@@ -51,13 +83,13 @@ def course(sample_dir, tmp_path):
 
 def test_ensure_splits_builds_a_site_split_and_reuses_the_saved_one(course):
     data, settings = course
-    train_ids, eval_ids = ensure_splits(data, settings)
-    assert settings.artifacts.splits.is_file()
+    split = ensure_splits(data, settings)
+    assert isinstance(split, Split) and settings.artifacts.splits.is_file()
     sites = data.train_features["site"]
-    assert set(sites[train_ids]).isdisjoint(sites[eval_ids])
+    assert set(sites[split.train]).isdisjoint(sites[split.eval])
     # A saved split (e.g. edited in notebook 02) is what the later notebooks get.
-    save_splits(settings.artifacts.splits, eval_ids, train_ids)
-    assert ensure_splits(data, settings)[0].equals(load_splits(settings.artifacts.splits)[0])
+    save_splits(settings.artifacts.splits, split.eval, split.train)
+    assert ensure_splits(data, settings).train.equals(load_splits(settings.artifacts.splits).train)
 
 
 def test_ensure_splits_replaces_a_split_saved_for_other_data(course):
@@ -68,39 +100,168 @@ def test_ensure_splits_replaces_a_split_saved_for_other_data(course):
     assert len(train_ids) + len(eval_ids) == len(data.train_features)
 
 
-def test_later_notebooks_rebuild_the_model_and_metrics_when_04_was_skipped(course):
-    from conserviz_utils.course import ensure_checkpoint, ensure_metrics
-
+def test_the_early_stopping_holdout_is_whole_training_sites_and_never_eval(course):
     data, settings = course
-    settings = CourseSettings(
-        data_dir=settings.data_dir, output_dir=settings.output_dir,
-        epochs=1, head_epochs=3, max_train_images=32, batch_size=16,
-    )
-    splits = ensure_splits(data, settings)
-    checkpoint = ensure_checkpoint(data, splits, settings)
+    split = ensure_splits(data, settings)
+    fit_ids, watch_ids = holdout_split(data, split.train, Recipe())
+    sites = data.train_features["site"]
+    assert fit_ids.union(watch_ids).sort_values().equals(split.train.sort_values())
+    assert set(sites[fit_ids]).isdisjoint(sites[watch_ids])
+    assert not watch_ids.isin(split.eval).any()
+    stratified = holdout_split(data, split.train, Recipe(), by_site=False)
+    assert stratified.train.union(stratified.eval).sort_values().equals(split.train.sort_values())
+
+
+class TinyModel(nn.Module):
+    """Stands in for a ConservizNet: only ``.head`` is used by the fast path."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = nn.Linear(dim, len(SPECIES))
+
+
+def fake_embeddings(data, dim: int = 16, seed: int = 0) -> Embeddings:
+    """Embeddings with some label signal, so a head learns something within a few epochs."""
+    rng = np.random.default_rng(seed)
+    labels = data.train_labels.loc[data.train_features.index].to_numpy(dtype=np.float32)
+    values = rng.normal(size=(len(labels), dim)).astype(np.float32)
+    values[:, : len(SPECIES)] += 1.5 * labels
+    return Embeddings(ids=data.train_features.index, values=values)
+
+
+def test_the_head_never_watches_the_eval_images(course):
+    data, settings = course
+    split = ensure_splits(data, settings)
+    embeddings = fake_embeddings(data)
+    recipe = Recipe(head_epochs=8, head_patience=2)
+
+    first = TinyModel(16)
+    history = train_head(first, embeddings, data, split, recipe, progress=False)
+    # Garble the eval images' embeddings and labels: training must not change at all.
+    garbled = embeddings.values.copy()
+    garbled[data.train_features.index.get_indexer(split.eval)] = 100.0
+    shuffled = data.train_labels.copy()
+    shuffled.loc[split.eval] = shuffled.loc[split.eval].iloc[::-1].to_numpy()
+    other = dataclasses.replace(data, train_labels=shuffled)
+    second = TinyModel(16)
+    again = train_head(second, Embeddings(ids=embeddings.ids, values=garbled), other, split, recipe,
+                       progress=False)
+    pd.testing.assert_frame_equal(history, again)
+    assert torch.equal(first.head.weight, second.head.weight)
+    # The eval images are scored only after training, on the kept head.
+    scores = score_head(first.head, embeddings, data, split.eval)
+    assert 0.0 <= scores["accuracy"] <= 1.0 and np.isfinite(scores["log_loss"])
+
+
+def test_compare_splits_scores_each_split_on_its_own_eval_side(course):
+    data, settings = course
+    embeddings = fake_embeddings(data)
+    splits = {"random": split_stratified(data.train_labels, test_size=0.25, seed=0),
+              "by site": ensure_splits(data, settings)}
+    table = compare_splits(TinyModel(16), embeddings, data, splits, Recipe(head_epochs=5))
+    assert list(table.index) == ["random", "by site"]
+    assert list(table.columns) == ["eval accuracy", "eval log loss"]
+    assert np.isfinite(table.to_numpy()).all() and (table["eval log loss"] > 0).all()
+    torch.rand(3)  # whatever ran before, the same seed gives the same table
+    pd.testing.assert_frame_equal(table, compare_splits(TinyModel(16), embeddings, data, splits, Recipe(head_epochs=5)))
+
+
+def eval_history(*losses: float) -> pd.DataFrame:
+    return pd.DataFrame({"phase": ["eval"] * len(losses), "eval_log_loss": losses})
+
+
+@pytest.mark.parametrize(
+    ("tuned_history", "stage", "tuned_loss"),
+    [
+        (eval_history(1.2, 0.9), "fine-tuned", 0.9),
+        (eval_history(1.1), "head-only", 1.1),
+        (eval_history(1.0), "head-only", 1.0),  # a tie keeps the simpler model
+        (eval_history(float("nan")), "head-only", None),
+        (None, "head-only", None),  # CONSERVIZ_EPOCHS=0: a head-only run
+    ],
+)
+def test_keep_better_stage(tuned_history, stage, tuned_loss):
+    model = nn.Linear(2, 2)
+    head_state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)  # "fine-tuning" moved the weights
+    choice = keep_better_stage(model, head_state, 1.0, tuned_history)
+    assert choice.stage == stage
+    if tuned_loss is None:
+        assert choice.fine_tuned_log_loss is None or np.isnan(choice.fine_tuned_log_loss)
+    else:
+        assert choice.fine_tuned_log_loss == pytest.approx(tuned_loss)
+    assert choice.log_loss == pytest.approx(0.9 if stage == "fine-tuned" else 1.0)
+    kept_head = torch.equal(model.weight, head_state["weight"])
+    assert kept_head == (stage == "head-only")
+    assert f"keeping the {stage} model" in str(choice)
+
+
+def test_save_metrics_is_atomic_and_leaves_no_temp_file(tmp_path):
+    settings = CourseSettings(output_dir=tmp_path / "outputs")
+    path = save_metrics(settings, {"log_loss": 1.5})
+    assert json.loads(path.read_text()) == {"log_loss": 1.5}
+    assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]
+    with pytest.raises(TypeError):  # not JSON: refused before the old file is touched
+        save_metrics(settings, {"log_loss": object()})
+    assert json.loads(path.read_text()) == {"log_loss": 1.5}
+
+
+@pytest.fixture(scope="module")
+def trained(sample_dir, tmp_path_factory):
+    """The default recipe run once, small: a real model, one short fine-tuning epoch."""
+    from conserviz_utils.course import ensure_checkpoint
+
+    out = tmp_path_factory.mktemp("trained")
+    settings = CourseSettings(data_dir=sample_dir, output_dir=out / "outputs", epochs=1, head_epochs=3,
+                              max_train_images=64, batch_size=16)
+    data = load_course_data(settings, verbose=False)
+    split = ensure_splits(data, settings)
+    return data, split, settings, ensure_checkpoint(data, split, settings)
+
+
+def test_later_notebooks_rebuild_the_model_and_metrics_when_04_was_skipped(trained):
+    from conserviz_utils.course import ensure_metrics
+
+    data, split, settings, checkpoint = trained
     assert checkpoint.is_file()
-    metrics = ensure_metrics(data, splits, settings)
-    assert metrics["eval_images"] == len(splits[1])
+    assert Recipe.load(settings.artifacts.recipe) == Recipe.from_settings(settings)  # beside the model
+    metrics = ensure_metrics(data, split, settings)
+    assert metrics["eval_images"] == len(split.eval)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["temperature"] > 0
     assert metrics["uniform_log_loss"] == pytest.approx(2.0794, abs=1e-3)
     # Saved, and reused while the checkpoint is unchanged.
     assert settings.artifacts.metrics.is_file()
-    assert ensure_metrics(data, splits, settings) == metrics
+    assert ensure_metrics(data, split, settings) == metrics
+    # A metrics file cut short (0 bytes, newer than the model) is computed again, not a crash.
+    settings.artifacts.metrics.write_text("")
+    assert ensure_metrics(data, split, settings) == pytest.approx(metrics)
 
 
-def test_run_notebooks_executes_in_order_and_keeps_a_failed_copy(tmp_path):
-    import nbformat
-    from nbformat.v4 import new_code_cell, new_notebook
+def test_a_head_only_run_keeps_the_head_and_saves_its_recipe(trained, tmp_path):
+    from conserviz_utils.checkpoint import load_checkpoint
+    from conserviz_utils.course import train_default_recipe
 
-    from conserviz_utils.course import run_notebooks
+    data, split, settings, _ = trained
+    head_only = CourseSettings(data_dir=settings.data_dir, output_dir=tmp_path / "outputs", epochs=0,
+                               head_epochs=3, max_train_images=64, batch_size=16)
+    # The embeddings of the same images with the same backbone: reuse the cache, skip the minute.
+    shutil.copytree(settings.artifacts.features, head_only.artifacts.features)
+    model, histories = train_default_recipe(data, split, head_only, progress=False)
+    assert histories["fine_tune"] is None and histories["choice"].stage == "head-only"
+    assert not head_only.artifacts.resume.exists()
+    assert Recipe.load(head_only.artifacts.recipe).fine_tune_epochs == 0
+    reloaded, _ = load_checkpoint(head_only.artifacts.checkpoint)
+    saved = reloaded.head.state_dict()
+    assert all(torch.equal(saved[name], value) for name, value in model.head.state_dict().items())
 
-    nbformat.write(new_notebook(cells=[new_code_cell("open('ran', 'w').write('yes')")]), tmp_path / "a.ipynb")
-    nbformat.write(new_notebook(cells=[new_code_cell("1 / 0")]), tmp_path / "b.ipynb")
-    executed = tmp_path / "executed"
-    timings = run_notebooks(tmp_path, executed, names=("a",))
-    assert [name for name, _ in timings] == ["a"]
-    assert (tmp_path / "ran").read_text() == "yes"  # the kernel runs in the notebooks' folder
-    with pytest.raises(SystemExit, match="b.ipynb failed"):
-        run_notebooks(tmp_path, executed, names=("b",))
-    failed = nbformat.read(executed / "b.ipynb", as_version=4)
-    assert failed.cells[0].outputs[0]["ename"] == "ZeroDivisionError"
+
+def test_python_m_course_still_starts_the_course_runner():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "conserviz_utils.course", "--help"],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "conserviz_utils.runner" in done.stdout and "--quick" in done.stdout
