@@ -68,3 +68,11 @@ class TrainingError(ConservizError, RuntimeError):
 
 class WeightsUnavailableError(ConservizError):
     """Pretrained weights are not cached and cannot be downloaded (offline)."""
+
+
+class SampleFolderError(ConservizError, FileExistsError):
+    """The output folder holds files that are not a sample dataset, so nothing is written there."""
+
+
+class SampleParameterError(ConservizError, ValueError):
+    """A parameter of the sample generator is out of range."""

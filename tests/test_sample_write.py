@@ -1,7 +1,8 @@
-"""The synthetic sample dataset: layout, statistics of the real data, determinism, safe writing."""
+"""Writing the sample dataset: layout, determinism, safe writing, the command line and the grid."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import subprocess
@@ -16,8 +17,8 @@ from PIL import Image
 from conserviz_utils import SPECIES, ConservizError
 from conserviz_utils import sample as sample_module
 from conserviz_utils.sample import (
+    DETECTIONS_NAME,
     MARKER_NAME,
-    REAL_CLASS_COUNTS,
     REAL_IMAGE_SIZES,
     SampleFolderError,
     SampleParameterError,
@@ -26,10 +27,9 @@ from conserviz_utils.sample import (
     sample_grid,
     sample_marker,
 )
+from conserviz_utils.sample import write as write_module
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-REAL_SHARES = pd.Series(REAL_CLASS_COUNTS) / sum(REAL_CLASS_COUNTS.values())
-SIZE_SHARES = pd.Series(REAL_IMAGE_SIZES) / sum(REAL_IMAGE_SIZES.values())
 
 
 def file_digests(folder: Path) -> dict[str, str]:
@@ -40,17 +40,6 @@ def file_digests(folder: Path) -> dict[str, str]:
         if p.is_file()
     }
 
-
-@pytest.fixture(scope="module")
-def full_plan() -> pd.DataFrame:
-    """The plan of a full-size sample (16,488 + 4,464 images); planning draws no images."""
-    return plan_sample(16488, 4464, seed=0)
-
-
-@pytest.fixture(scope="module")
-def small_plan() -> pd.DataFrame:
-    """The plan of a few hundred images, as the quick course runs use."""
-    return plan_sample(400, 100, seed=3)
 
 
 # --- layout -------------------------------------------------------------------------------------
@@ -84,8 +73,8 @@ def test_layout_matches_the_competition(sample_dir):
     on_disk = {p.relative_to(sample_dir).as_posix() for p in sample_dir.glob("*_features/*.jpg")}
     assert on_disk == set(train.filepath) | set(test.filepath)
     assert sorted(p.name for p in sample_dir.iterdir()) == sorted(
-        [MARKER_NAME, "submission_format.csv", "test_features", "test_features.csv",
-         "train_features", "train_features.csv", "train_labels.csv"]
+        [DETECTIONS_NAME, MARKER_NAME, "submission_format.csv", "test_features",
+         "test_features.csv", "train_features", "train_features.csv", "train_labels.csv"]
     )
 
 
@@ -142,103 +131,6 @@ def test_real_size_images_are_small_jpegs_with_info_bands(tmp_path):
     assert report.megabytes == pytest.approx(sum(sizes) / 1e6)
 
 
-# --- statistics of the real data -----------------------------------------------------------------
-
-
-def test_full_size_plan_reproduces_the_real_counts(full_plan):
-    train = full_plan[full_plan.split == "train"]
-    test = full_plan[full_plan.split == "test"]
-    assert len(train) == 16488 and len(test) == 4464
-    ends = list(full_plan.index[[0, 16487, 16488, -1]])
-    assert ends == ["ZJ000000", "ZJ016487", "ZJ016488", "ZJ020951"]
-    counts = train.species.value_counts()
-    for name, real in REAL_CLASS_COUNTS.items():
-        assert abs(counts[name] - real) <= 1, name
-    assert train.site.nunique() == 148 and test.site.nunique() == 51
-    numbers = sorted(int(s[1:]) for s in full_plan.site.unique())
-    assert numbers == list(range(1, 200))
-
-
-@pytest.mark.parametrize("plan_name", ["full_plan", "small_plan"])
-def test_train_and_test_sites_are_disjoint(plan_name, request):
-    plan = request.getfixturevalue(plan_name)
-    train_sites = set(plan.site[plan.split == "train"])
-    test_sites = set(plan.site[plan.split == "test"])
-    assert not train_sites & test_sites
-    assert len(train_sites) >= 9 and len(test_sites) >= 3
-
-
-def test_small_samples_keep_several_sites_on_each_side():
-    plan = plan_sample(160, 40, seed=0)
-    assert plan.site[plan.split == "train"].nunique() == 9
-    assert plan.site[plan.split == "test"].nunique() == 3
-    plan = plan_sample(2000, 500, seed=0)
-    # Sites grow as images^0.6 from the real 148 and 51, so small samples keep many sites.
-    assert plan.site[plan.split == "train"].nunique() == 42
-    assert plan.site[plan.split == "test"].nunique() == 14
-
-
-def test_class_shares_hold_in_a_small_sample(small_plan):
-    for split in ("train", "test"):
-        shares = small_plan.species[small_plan.split == split].value_counts(normalize=True)
-        assert (shares.reindex(SPECIES) - REAL_SHARES.reindex(SPECIES)).abs().max() < 0.02, split
-
-
-def test_site_sizes_are_heavy_tailed(full_plan, small_plan):
-    sizes = full_plan[full_plan.split == "train"].site.value_counts()
-    assert sizes.min() >= 1
-    assert sizes.max() > 5 * sizes.median()  # real: 1,132 vs a median of 70.5
-    assert 0.45 < sizes.median() / sizes.mean() < 0.8  # real: 70.5 / 111
-    test_sizes = full_plan[full_plan.split == "test"].site.value_counts()
-    assert test_sizes.max() / test_sizes.sum() >= 0.10  # real: one site holds 11 %
-    small = small_plan[small_plan.split == "train"].site.value_counts()
-    assert small.max() > 2 * small.median()
-
-
-def test_species_live_at_only_some_sites(full_plan, small_plan):
-    train = full_plan[full_plan.split == "train"]
-    present = pd.crosstab(train.site, train.species) > 0
-    n_sites = len(present)
-    # Real: civet_genet at 49, leopard 47, hog 37 and blank at 142 of 148 sites.
-    assert abs(present.civet_genet.sum() - 49) <= 6
-    assert abs(present.leopard.sum() - 47) <= 6
-    assert abs(present.hog.sum() - 37) <= 6
-    assert present.blank.sum() >= 0.9 * n_sites
-    # Per-site mixes differ from the overall mix: the course's leakage comes from here.
-    for plan in (full_plan, small_plan):
-        side = plan[plan.split == "train"]
-        mix = pd.crosstab(side.site, side.species, normalize="index")
-        overall = side.species.value_counts(normalize=True)
-        distance = 0.5 * (mix - overall).abs().sum(axis=1)
-        assert distance.median() > 0.25
-
-
-def test_image_size_mix(full_plan, small_plan):
-    full = full_plan.groupby(["width", "height"]).size() / len(full_plan)
-    for size, share in SIZE_SHARES.items():
-        assert abs(full[size] - share) < 0.02, size
-    small = small_plan.groupby(["width", "height"]).size() / len(small_plan)
-    assert abs(small.get((640, 360), 0) - SIZE_SHARES[(640, 360)]) < 0.15
-    assert abs(small.get((960, 540), 0) - SIZE_SHARES[(960, 540)]) < 0.15
-    assert set(small.index) <= set(REAL_IMAGE_SIZES)
-    # Cut-off info bands: those cameras print none.
-    cropped = full_plan.height.isin([335, 515])
-    assert (full_plan.band[cropped] == "none").all()
-    assert full_plan.band.isin(["top", "bottom"]).mean() > 0.6
-
-
-def test_night_share(full_plan, small_plan):
-    for plan in (full_plan, small_plan):
-        assert 0.33 < plan.night.mean() < 0.55
-    by_class = full_plan.groupby("species").night.mean()
-    assert by_class.civet_genet > 0.8 and by_class.monkey_prosimian < 0.2
-
-
-def test_plan_is_deterministic_for_a_seed():
-    pd.testing.assert_frame_equal(plan_sample(300, 60, seed=7), plan_sample(300, 60, seed=7))
-    assert not plan_sample(300, 60, seed=7).equals(plan_sample(300, 60, seed=8))
-
-
 # --- determinism and safe writing ----------------------------------------------------------------
 
 
@@ -248,7 +140,7 @@ def test_same_bytes_for_any_worker_count(tmp_path):
     two = generate_sample(tmp_path / "two", seed=2, workers=2, **small)
     assert (one.workers, two.workers) == (1, 2)
     digests = file_digests(tmp_path / "one")
-    assert len(digests) == 30 + 10 + 5
+    assert len(digests) == 30 + 10 + 6  # images, 4 CSVs, detections.json, the marker
     assert digests == file_digests(tmp_path / "two")
     other = generate_sample(tmp_path / "other", seed=3, workers=1, **small)
     first = "train_features/ZJ000000.jpg"
@@ -301,7 +193,7 @@ def test_an_interrupted_run_never_looks_complete(tmp_path, monkeypatch):
     def interrupted(plan, folder):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sample_module, "_write_csvs", interrupted)
+    monkeypatch.setattr(write_module, "write_csvs", interrupted)
     with pytest.raises(KeyboardInterrupt):
         generate_sample(
             out, n_train=8, n_test=2, seed=1, image_scale=0.1, workers=1, progress=False
@@ -322,9 +214,12 @@ def test_a_run_killed_while_writing_a_csv_is_replaced(tmp_path):
     (out / "conserviz-sample.json").unlink()
     (out / sample_module.INCOMPLETE_NAME).write_text("")
     (out / "train_labels.csv.partial").write_text("id,antelope")
+    # Version 2 writes through conserviz_utils.fileio, whose temporary files look like this.
+    (out / ".conserviz-detections.json.4242-0a1b2c3d.tmp").write_text("{")
     generate_sample(out, n_train=8, n_test=2, image_scale=0.1, workers=1, progress=False)
     assert sample_marker(out) is not None
     assert not (out / "train_labels.csv.partial").exists()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
 
 
 @pytest.mark.parametrize(
@@ -383,3 +278,36 @@ def test_sample_grid_shows_every_class_by_day_and_night():
     spread = np.abs(pixels - pixels.mean(axis=2, keepdims=True)).mean(axis=(0, 2))
     day, night = spread[:96].mean(), spread[96:192].mean()
     assert day > 3 and night < 2  # columns alternate day (colour) and night (grey)
+
+
+# --- the package ---------------------------------------------------------------------------------
+
+
+def test_the_package_modules_import_no_private_names_and_form_no_cycle():
+    package = PROJECT_ROOT / "conserviz_utils" / "sample"
+    imports: dict[str, set[str]] = {}
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found = imports.setdefault(path.stem, set())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("conserviz"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private or private == ["__version__"], (path.name, private)
+                if node.module.startswith("conserviz_utils.sample."):
+                    found.add(node.module.rsplit(".", 1)[1])
+    assert {"plan", "draw", "animals", "paint", "detector", "write", "cli"} <= set(imports)
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        return any(
+            step == target or (step not in seen and reaches(step, target, seen | {step}))
+            for step in imports.get(start, ())
+        )
+
+    assert not [name for name in imports if reaches(name, name, set())]
+    # The old single module's public API is all still importable from the package.
+    for name in ("generate_sample", "plan_sample", "sample_grid", "sample_marker", "main",
+                 "SampleReport", "SampleFolderError", "SampleParameterError", "MARKER_NAME",
+                 "GENERATOR_NAME", "GENERATOR_VERSION", "INCOMPLETE_NAME", "REAL_CLASS_COUNTS"):
+        assert hasattr(sample_module, name), name
+    assert issubclass(SampleFolderError, ConservizError)
+    assert SampleParameterError.__module__ == "conserviz_utils.errors"
