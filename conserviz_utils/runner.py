@@ -763,10 +763,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["CONSERVIZ_DATA"] = str(args.data.resolve())
     if args.outputs:
         os.environ["CONSERVIZ_OUTPUTS"] = str(args.outputs.resolve())
-    try:
-        from conserviz_utils.settings import CourseSettings
-    except ImportError:  # before the settings module was split out of course.py
-        from conserviz_utils.course import CourseSettings
+    from conserviz_utils.settings import CourseSettings
+
     try:
         settings = CourseSettings.from_env()
     except (ValueError, ConservizError) as err:
