@@ -27,6 +27,7 @@ from conserviz_utils.batches import (
     to_device,
 )
 from conserviz_utils.device import autocast, pick_device, pick_precision
+from conserviz_utils.distributed import gather_objects, gather_predictions
 from conserviz_utils.errors import TrainingError
 from conserviz_utils.metrics import accuracy, apply_temperature, log_loss
 
@@ -80,35 +81,6 @@ def forward_batches(
     return ids, all_logits, all_labels, skipped
 
 
-def gather_across_ranks(ids: list[str], logits: torch.Tensor, labels: torch.Tensor | None, skipped: list):
-    """Join every rank's share of an eval set under torchrun, so scores cover the whole set.
-
-    DistributedSampler pads the last rank with repeats of the first images; an id seen twice is
-    kept once. Outside a distributed run this returns its inputs unchanged.
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return ids, logits, labels, skipped
-    shares: list = [None] * dist.get_world_size()
-    dist.all_gather_object(shares, (ids, logits.cpu(), None if labels is None else labels.cpu(), skipped))
-    seen: dict[str, int] = {}
-    all_ids, rows, label_rows, all_skipped = [], [], [], []
-    for share_ids, share_logits, share_labels, share_skipped in shares:
-        all_skipped.extend(share_skipped)
-        for position, image_id in enumerate(share_ids):
-            if image_id in seen:
-                continue
-            seen[image_id] = len(all_ids)
-            all_ids.append(image_id)
-            rows.append(share_logits[position])
-            if share_labels is not None:
-                label_rows.append(share_labels[position])
-    joined_logits = torch.stack(rows) if rows else logits[:0]
-    joined_labels = torch.stack(label_rows) if label_rows else (None if labels is None else labels[:0])
-    return all_ids, joined_logits, joined_labels, sorted(set(map(tuple, all_skipped)))
-
-
 def evaluate(
     model: nn.Module,
     loader: Iterable,
@@ -133,7 +105,9 @@ def evaluate(
         model, loader, device=device, precision=precision, tta=False, need_labels=True, progress=progress,
         desc="eval",
     )
-    ids, logits, labels, skipped = gather_across_ranks(ids, logits, labels, skipped)
+    # Under torchrun each rank scored its share of the eval set: score the whole set.
+    ids, logits, labels = gather_predictions(ids, logits, labels)
+    skipped = sorted({tuple(item) for share in gather_objects(skipped) for item in share})
     if not ids:
         raise TrainingError("the eval loader gave no images", fix="check that the eval split is not empty")
     bad = (~torch.isfinite(logits).all(dim=1)).nonzero().flatten().tolist()
@@ -252,4 +226,4 @@ def predict(
     probs.attrs = dict(logits.attrs)
     return probs
 
-__all__ = ["evaluate", "forward_batches", "gather_across_ranks", "predict", "predict_logits"]
+__all__ = ["evaluate", "forward_batches", "predict", "predict_logits"]

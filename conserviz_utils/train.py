@@ -34,7 +34,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from conserviz_utils import SPECIES
@@ -59,6 +58,12 @@ from conserviz_utils.device import (
     pick_device,
     pick_precision,
 )
+from conserviz_utils.distributed import (
+    any_rank,
+    is_distributed,
+    is_main_process,
+    unwrap_model,
+)
 from conserviz_utils.errors import CheckpointError, TrainingError
 from conserviz_utils.inference import evaluate, predict, predict_logits
 from conserviz_utils.interrupts import StopSignals
@@ -72,22 +77,6 @@ from conserviz_utils.resume import (
     rng_snapshot,
     seed_everything,
 )
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel (or DataParallel) wrapper, else the model."""
-    wrapped = isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel))
-    return model.module if wrapped else model
-
-
-def distributed_world_size() -> int:
-    """How many processes train together (1 outside a torchrun launch)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def is_main_process() -> bool:
-    """Whether this process writes files and shows progress (rank 0, or not distributed)."""
-    return distributed_world_size() == 1 or dist.get_rank() == 0
 
 
 class Trainer:
@@ -108,7 +97,7 @@ class Trainer:
         progress: bool = True,
     ) -> None:
         self.model = model
-        self.unwrapped_model = unwrap(model)
+        self.unwrapped_model = unwrap_model(model)
         self.train_loader = train_loader
         self.eval_loader = eval_loader
         self.epochs = epochs
@@ -119,7 +108,6 @@ class Trainer:
         self.progress = progress
         self.scaler = grad_scaler(device, enabled=precision == "fp16")
         self.is_main_process = is_main_process()
-        self.world_size = distributed_world_size()
         num_classes = getattr(self.unwrapped_model, "num_classes", None)
         self.species = SPECIES if num_classes in (None, len(SPECIES)) else None
 
@@ -157,14 +145,12 @@ class Trainer:
         others went on, they would wait forever for its gradients. So the ranks share their
         flag (one tiny all-reduce per batch) and all stop when any was asked to.
         """
-        if self.world_size == 1:
+        if not is_distributed():
             return self.stop_requested
-        flag = torch.tensor([1.0 if self.stop_requested else 0.0],
-                            device=self.device if self.device.type == "cuda" else "cpu")
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() > 0 and self.signals.requested is None:
+        stop = any_rank(self.stop_requested)
+        if stop and self.signals.requested is None:
             self.signals.requested = "SIGTERM"  # another rank got the signal
-        return flag.item() > 0
+        return stop
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -541,7 +527,7 @@ def fit(
     precision = pick_precision(precision, device)
 
     was_training = model.training
-    if unwrap(model) is model:  # a DDP wrapper stays where it was built
+    if unwrap_model(model) is model:  # a DDP wrapper stays where it was built
         model.to(device=device, memory_format=torch.channels_last)
     if optimizer is None:
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -581,11 +567,8 @@ __all__ = [
     "Trainer",
     "evaluate",
     "fit",
-    "distributed_world_size",
-    "is_main_process",
     "pick_device",
     "pick_precision",
     "predict",
     "predict_logits",
-    "unwrap",
 ]
