@@ -6,7 +6,7 @@ What it measures, on the same generated sample images at the competition's two m
 (a) training images/s of ResNet50: the seed pipeline (Pillow open → Resize((224, 224)) →
     ToTensor → Normalize, DataLoader(batch_size=32) without workers, fp32, SGD(lr=0.001,
     momentum=0.9)) against conserviz's (``ImagesDataset`` with JPEG draft-mode decoding,
-    ``make_loader`` workers, ``train.fit``: channels-last, bf16 autocast where the CPU has it);
+    ``make_loader`` workers, ``train.fit``: channels-last, ``precision="auto"``);
 (b) the same for inference (the seed's no_grad loop against ``train.predict``);
 (c) the input pipeline alone, images/s on one core (and from the pre-resized image cache);
 (d) end to end on the sample with a site-grouped eval split: the seed recipe (its loop, one
@@ -14,18 +14,31 @@ What it measures, on the same generated sample images at the competition's two m
     the seed head) against the course's default (embeddings computed once with the frozen
     backbone, then the head trained on them), wall time and eval log loss on the same eval set;
 (e) peak memory (RSS) of ResNet50 training at batch 32, each pipeline in a fresh process;
-(f) head training over 16,000 cached 1,280-dim embeddings, in seconds.
+(f) head training over 16,000 cached 1,280-dim embeddings, in seconds;
+(g) the precision table: ResNet50 training and inference (batch 32) and EfficientNet-Lite0
+    inference (batch 64) on random tensors, images/s in NCHW fp32 (the walkthrough's layout),
+    channels-last fp32 and channels-last bf16, and what ``precision="auto"`` picks from its own
+    measurement (``device.choose_precision`` with the cache off);
+(h) with ``--full-size``: every notebook of the course, through the course runner in fresh
+    kernels from a cold start, timed on the default 2,000 / 500 sample and on a
+    competition-size one (16,488 / 4,464 images, generated once and kept in ``data/``).
 
 ResNet50 runs with random weights (its ImageNet weights need a download; speed does not depend
-on the values). Each training and end-to-end measurement runs in a fresh child process, so
-memory peaks and caches do not leak from one into the next. Throughputs are steady-state: the
-first batch (worker start-up, kernel selection) is left out.
+on the values). Each training, end-to-end and precision measurement runs in a fresh child
+process, so memory peaks and caches do not leak from one into the next. Throughputs are
+steady-state: the first batch (worker start-up, kernel selection) is left out.
 
-    python benchmarks/run.py                 # the full run: ~15 min on a 2-core CPU
-    python benchmarks/run.py --quick         # a reduced run in under 2 minutes (checks it works)
+    python benchmarks/run.py                  # (a)-(g)
+    python benchmarks/run.py --quick          # a reduced run in a few minutes (checks it works)
+    python benchmarks/run.py --precision-only # (g) alone
+    python benchmarks/run.py --compile        # + torch.compile of Lite0 inference, cold and warm
+    python benchmarks/run.py --full-size      # + (h); the first run generates 21,000 images
+    python benchmarks/run.py --full-size --course-only   # (h) alone
     python benchmarks/run.py --data data/sample --out /tmp/results.json
 
-It prints a table and writes ``benchmarks/results.json`` (with the machine it ran on).
+It prints the tables, each under the CPU's model name (as ``lscpu`` shows it) and the load
+average, and writes ``benchmarks/results.json`` (``results-precision.json`` with
+``--precision-only``, ``results-full-size.json`` with ``--full-size``) with the machine it ran on.
 """
 
 from __future__ import annotations
@@ -47,15 +60,15 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-from torchvision import transforms  # noqa: E402
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
 
-from conserviz_utils import SPECIES  # noqa: E402
+from conserviz_utils import SPECIES
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 REAL_SIZES = ((640, 360), (960, 540))
@@ -79,12 +92,23 @@ class Settings:
     head_rows: int  # cached embeddings the head trains on in (f)
     head_epochs: int  # epochs of (f); (d) uses the course's own setting
     finetune: bool  # also measure one epoch of full fine-tuning after the head in (d)
+    precision_image_size: int  # image side of the precision table's random tensors in (g)
+    precision_steps: int  # timed steps per precision and layout in (g), after one warm-up step
 
 
 FULL = Settings(n_train=2000, batch_size=32, predict_batch_size=64, train_batches=5, inference_batches=6,
-                pipeline_images=400, head_rows=16_000, head_epochs=30, finetune=True)
+                pipeline_images=400, head_rows=16_000, head_epochs=30, finetune=True,
+                precision_image_size=224, precision_steps=3)
 QUICK = Settings(n_train=160, batch_size=4, predict_batch_size=8, train_batches=3, inference_batches=3,
-                 pipeline_images=24, head_rows=16_000, head_epochs=1, finetune=False)
+                 pipeline_images=24, head_rows=16_000, head_epochs=1, finetune=False,
+                 precision_image_size=64, precision_steps=1)
+
+#: (g) the precision table's rows: architecture, purpose, and which Settings batch it runs at.
+PRECISION_WORKLOADS = (
+    ("resnet50", "train", "batch_size"),
+    ("resnet50", "inference", "batch_size"),
+    ("efficientnet_lite0", "inference", "predict_batch_size"),
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,7 +268,7 @@ def child_seed_recipe(args: dict) -> dict:
     eval_ids = pd.Index(args["eval_ids"])
     started = time.perf_counter()
     model = build_model("efficientnet_lite0", pretrained=True, head="seed", seed=0)
-    own_train, own_val = split_stratified(data.train_labels.loc[train_ids], test_size=0.25, frac=0.5, seed=0)
+    own_train, _ = split_stratified(data.train_labels.loc[train_ids], test_size=0.25, frac=0.5, seed=0)
     loader = DataLoader(SeedImagesDataset(data.train_features.loc[own_train], data.train_labels.loc[own_train]), batch_size=32)
     seed_train_epoch(model, loader)
     trained = time.perf_counter()
@@ -257,8 +281,8 @@ def child_seed_recipe(args: dict) -> dict:
         "train_images": len(own_train),
         "wall_seconds": done - started,
         "phases": {"build_and_train": trained - started, "predict_eval": done - trained},
-        "eval_log_loss": log_loss(probs, eval_labels),
-        "eval_accuracy": accuracy(probs, eval_labels),
+        "eval_log_loss": log_loss(eval_labels, probs),
+        "eval_accuracy": accuracy(eval_labels, probs),
         "peak_rss": peak_rss_mb(),
     }
 
@@ -270,14 +294,22 @@ def child_course_recipe(args: dict) -> dict:
     ``train_head`` trains the head on the train embeddings of the site split; optionally
     ``fine_tune`` then trains the whole network for one epoch.
     """
-    from conserviz_utils.course import CourseSettings, embed_images, fine_tune, make_loaders, train_head
+    from conserviz_utils.course import (
+        embed_images,
+        fine_tune,
+        make_loaders,
+        train_head,
+    )
     from conserviz_utils.features import fit_head, predict_from_embeddings
     from conserviz_utils.metrics import accuracy, log_loss
     from conserviz_utils.models import build_model
+    from conserviz_utils.recipe import Recipe
+    from conserviz_utils.settings import CourseSettings
 
     data, _ = _load(args)
     splits = (pd.Index(args["train_ids"], name="id"), pd.Index(args["eval_ids"], name="id"))
     settings = CourseSettings(output_dir=Path(args["workdir"]) / "course", arch="efficientnet_lite0", epochs=1, seed=0)
+    course_recipe = Recipe.from_settings(settings)
     shutil.rmtree(settings.output_dir, ignore_errors=True)  # a cold start: nothing computed yet
     eval_labels = data.train_labels.loc[splits[1]]
 
@@ -287,7 +319,7 @@ def child_course_recipe(args: dict) -> dict:
         built = time.perf_counter()
         embeddings = embed_images(model, data.train_features, settings, progress=False)
         embedded = time.perf_counter()
-        history = train_head(model, embeddings, data, splits, settings, progress=False)
+        history = train_head(model, embeddings, data, splits, course_recipe, progress=False)
         trained = time.perf_counter()
         probs = predict_from_embeddings(model.head, embeddings.select(splits[1]))
         done = time.perf_counter()
@@ -298,15 +330,15 @@ def child_course_recipe(args: dict) -> dict:
             "phases": {"build": built - started, "embeddings": embedded - built, "head": trained - embedded,
                        "predict_eval": done - trained},
             "head_batches": int(history.step.max()),
-            "eval_log_loss": log_loss(probs, eval_labels),
-            "eval_accuracy": accuracy(probs, eval_labels),
+            "eval_log_loss": log_loss(eval_labels, probs),
+            "eval_accuracy": accuracy(eval_labels, probs),
         }
 
     first = recipe()
     rss = peak_rss_mb()
-    # notebook 04's train_head keeps the epoch with the best eval log loss, chosen on the eval images
-    # themselves; the seed recipe has no such choice. The same head trained for all its epochs
-    # without looking at the eval set shows what that choice is worth.
+    # notebook 04's train_head keeps the epoch with the best log loss on held-out training sites (never
+    # the eval images); the seed recipe has no such choice. The same head trained for all its epochs
+    # shows what that choice is worth.
     embeddings = embed_images(first["model"], data.train_features, settings, progress=False)
     unselected = {}
     for batch_size in (64, 256):  # the course's batch, and fit_head's default
@@ -314,14 +346,14 @@ def child_course_recipe(args: dict) -> dict:
         fit_head(head, embeddings.select(splits[0]), data.train_labels, epochs=settings.head_epochs,
                  batch_size=batch_size, seed=settings.seed, progress=False)
         probs = predict_from_embeddings(head, embeddings.select(splits[1]))
-        unselected[f"batch_{batch_size}"] = {"eval_log_loss": log_loss(probs, eval_labels),
-                                             "eval_accuracy": accuracy(probs, eval_labels)}
+        unselected[f"batch_{batch_size}"] = {"eval_log_loss": log_loss(eval_labels, probs),
+                                             "eval_accuracy": accuracy(eval_labels, probs)}
     again = recipe()  # the same cell run again later: the embeddings come from the cache
     result = {key: value for key, value in first.items() if key != "model"}
     result.update(
         recipe=f"course default: {settings.arch} (pretrained, frozen) embeddings of all {len(data.train_features)} "
         f"training images computed once, seed head trained on the {len(splits[0])} train-side embeddings "
-        f"for up to {settings.head_epochs} epochs with early stopping on eval log loss "
+        f"for up to {settings.head_epochs} epochs with early stopping on held-out training sites "
         "(course.embed_images + course.train_head, as in notebook 04)",
         train_images=len(splits[0]),
         peak_rss=rss,
@@ -333,8 +365,8 @@ def child_course_recipe(args: dict) -> dict:
     if args["finetune"]:
         started = time.perf_counter()
         model = first["model"]
-        train_loader, eval_loader = make_loaders(data, splits, settings, model)
-        history = fine_tune(model, train_loader, eval_loader, settings, progress=False)
+        train_loader, eval_loader = make_loaders(data, splits, course_recipe, model)
+        history = fine_tune(model, train_loader, eval_loader, course_recipe, progress=False)
         last = history.dropna(subset=["eval_log_loss"]).iloc[-1]
         result["finetune"] = {
             "recipe": "+ course.fine_tune: 1 epoch of the whole network (AdamW lr 1e-4, train_transform)",
@@ -345,15 +377,107 @@ def child_course_recipe(args: dict) -> dict:
     return result
 
 
-CHILDREN = {"train": child_train, "seed_recipe": child_seed_recipe, "course_recipe": child_course_recipe}
+def child_precision(args: dict) -> dict:
+    """(g) one row of the precision table: NCHW fp32, channels-last fp32 and bf16, and auto's pick.
+
+    Random tensors, no data loading, steady state (one warm-up step per column left out).
+    ``choose_precision`` with the cache off makes the channels-last measurement itself — it is
+    exactly what ``precision="auto"`` would measure on first use — and its pick is the last column.
+    """
+    from conserviz_utils.device import choose_precision, time_precisions
+    from conserviz_utils.models import build_model
+
+    model = build_model(args["arch"], pretrained=False, head="seed", seed=0)
+    batch, purpose, size, steps = args["batch_size"], args["purpose"], args["image_size"], args["steps"]
+    nchw = time_precisions(model, batch, purpose, ("fp32",), size, channels_last=False, steps=steps)
+    auto = choose_precision("auto", "cpu", model, batch, purpose, size, cache=False, steps=steps)
+    if auto.fp32_seconds is None:  # auto did not measure (no native bf16): time the columns anyway
+        seconds = time_precisions(model, batch, purpose, ("fp32", "bf16"), size, steps=steps)
+    else:
+        seconds = {"fp32": auto.fp32_seconds, "bf16": auto.bf16_seconds}
+    rates = {"nchw_fp32": batch / nchw["fp32"], "channels_last_fp32": batch / seconds["fp32"],
+             "channels_last_bf16": batch / seconds["bf16"]}
+    picked = rates["channels_last_bf16" if auto.precision == "bf16" else "channels_last_fp32"]
+    return {"arch": args["arch"], "purpose": purpose, "batch_size": batch, "image_size": size, "steps": steps,
+            "images_per_second": rates, "auto": {"precision": auto.precision, "source": auto.source,
+                                                 "reason": auto.reason, "images_per_second": picked,
+                                                 "probe_seconds": auto.probe_seconds},
+            "threads": torch.get_num_threads(), "load_average": round(os.getloadavg()[0], 2)}
 
 
-def run_child(name: str, args: dict) -> dict:
-    """Run one measurement in a fresh Python process and return its JSON result."""
+def child_compile(args: dict) -> dict:
+    """torch.compile of EfficientNet-Lite0 inference: first-batch cost and steady images/s.
+
+    Runs in a process whose inductor cache folder is given (fresh: a cold compile, as on a
+    learner's first run; reused: a warm one, as on a re-run).
+    """
+    from conserviz_utils.device import autocast, maybe_compile
+    from conserviz_utils.models import build_model
+
+    cpu = torch.device("cpu")
+    backbone = build_model("efficientnet_lite0", pretrained=False, seed=0).backbone.eval()
+    backbone = backbone.to(memory_format=torch.channels_last)
+    size, batch = args["image_size"], args["batch_size"]
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    images = images.contiguous(memory_format=torch.channels_last)
+    forward = maybe_compile(backbone, "inference", long_run=True)
+    seconds = []
+    with torch.inference_mode(), autocast(cpu, args["precision"]):
+        for _ in range(1 + args["steps"]):
+            started = time.perf_counter()
+            forward(images)
+            seconds.append(time.perf_counter() - started)
+    return {"precision": args["precision"], "batch_size": batch, "compiled": forward.compiled, "note": forward.note,
+            "first_batch_seconds": seconds[0], "images_per_second": batch / float(np.median(seconds[1:])),
+            "load_average": round(os.getloadavg()[0], 2)}
+
+
+def child_course(args: dict) -> dict:
+    """(h) every notebook of the course, each in a fresh kernel through the course runner, timed.
+
+    The kernels see the data and output folders through the ``CONSERVIZ_*`` environment that
+    ``run_child`` set; the runner's progress lines go to stderr (the terminal).
+    """
+    from conserviz_utils.device import precision_cache_path
+    from conserviz_utils.runner import run_notebooks
+
+    outputs = Path(args["outputs"])
+    shutil.rmtree(outputs, ignore_errors=True)  # a cold start: nothing computed yet
+    outputs.mkdir(parents=True)
+    precision_cached = precision_cache_path().is_file()
+    started = time.perf_counter()
+    try:
+        timings = run_notebooks(PROJECT_ROOT / "notebooks", outputs / "executed", args["notebooks"], output_dir=outputs,
+                                write=lambda line: print(line, file=sys.stderr, flush=True))
+    except Exception as error:  # noqa: BLE001 - a failed notebook is a result to report, not a crash
+        return {"error": f"{type(error).__name__}: {error}"[:4000], "seconds": time.perf_counter() - started,
+                "notebooks": {}, "precision_cache_existed": precision_cached}
+    return {"notebooks": {name: seconds for name, seconds in timings}, "seconds": time.perf_counter() - started,
+            "precision_cache_existed": precision_cached, "error": None}
+
+
+CHILDREN = {"train": child_train, "seed_recipe": child_seed_recipe, "course_recipe": child_course_recipe,
+            "precision": child_precision, "compile": child_compile, "course": child_course}
+
+
+def run_child(name: str, args: dict, env: dict | None = None, stream: bool = False) -> dict:
+    """Run one measurement in a fresh Python process and return its JSON result.
+
+    Args:
+        env: Environment variables to set (a value of None removes the variable).
+        stream: Let the child's stderr through to the terminal (long runs show their progress).
+    """
     command = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--child-args", json.dumps(args)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    environment = dict(os.environ)
+    for key, value in (env or {}).items():
+        if value is None:
+            environment.pop(key, None)
+        else:
+            environment[key] = value
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=None if stream else subprocess.PIPE, text=True,
+                          check=False, env=environment)
     if done.returncode != 0:
-        raise RuntimeError(f"benchmark step {name!r} failed:\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"benchmark step {name!r} failed:\n{(done.stderr or '')[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -365,8 +489,9 @@ def run_child(name: str, args: dict) -> dict:
 def measure_inference(features: pd.DataFrame, settings: Settings) -> dict:
     """(b) ResNet50 inference images/s: the seed's no_grad loop against ``train.predict``."""
     from conserviz_utils.data import ImagesDataset, default_transform, make_loader
+    from conserviz_utils.device import pick_precision
     from conserviz_utils.models import build_model
-    from conserviz_utils.train import pick_precision, predict
+    from conserviz_utils.train import predict
 
     model = build_model("resnet50", pretrained=False, head="seed", seed=0)
     seed_rows = repeated(features, settings.inference_batches * settings.batch_size)
@@ -375,12 +500,15 @@ def measure_inference(features: pd.DataFrame, settings: Settings) -> dict:
     ours_rows = repeated(features, settings.inference_batches * settings.predict_batch_size)
     loader = make_loader(ImagesDataset(ours_rows, transform=default_transform()), batch_size=settings.predict_batch_size)
     ours_timed = Timed(loader, settings.inference_batches)
-    predict(model, ours_timed, device="cpu", precision="auto", progress=False)
+    predicted = predict(model, ours_timed, device="cpu", precision="auto", progress=False)
     del loader, ours_timed.loader
+    # predict notes its precision in .attrs once it is wired to the measured choice; until then it
+    # asks pick_precision without a model, as below.
+    precision = predicted.attrs.get("precision") or pick_precision("auto", "cpu", purpose="inference")
     return {
         "seed": {"images_per_second": seed_timed.steady_rate(), "batch_size": settings.batch_size, "precision": "fp32"},
         "conserviz": {"images_per_second": ours_timed.steady_rate(), "batch_size": settings.predict_batch_size,
-                      "precision": pick_precision("auto", "cpu")},
+                      "precision": precision},
     }
 
 
@@ -395,7 +523,12 @@ def _items_per_second(dataset, n: int) -> float:
 
 def measure_input_pipeline(features: pd.DataFrame, settings: Settings, workdir: Path) -> dict:
     """(c) decode → tensor images/s on one core, and through loader workers and the image cache."""
-    from conserviz_utils.data import ImagesDataset, default_num_workers, default_transform, make_loader
+    from conserviz_utils.data import (
+        ImagesDataset,
+        default_num_workers,
+        default_transform,
+        make_loader,
+    )
 
     rows = features.iloc[: settings.pipeline_images]
     threads = torch.get_num_threads()
@@ -449,29 +582,43 @@ def measure_head_training(settings: Settings) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
+def lscpu_model_name() -> str:
+    """The CPU's model name as ``lscpu`` prints it (the package's reading where lscpu is missing)."""
+    from conserviz_utils.device import cpu_model_name
+
+    try:
+        listing = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False,
+                                 env={**os.environ, "LC_ALL": "C"}).stdout
+    except (OSError, subprocess.SubprocessError):
+        listing = ""
+    for line in listing.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "Model name" and value.strip():
+            return value.strip()
+    return cpu_model_name()
+
+
 def machine_info() -> dict:
     """What the figures were measured on."""
-    from conserviz_utils.train import cpu_supports_bf16, pick_precision
+    from conserviz_utils.device import choose_precision, cpu_bf16_support, cpu_identity
 
-    model_name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            model_name = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count()
-    import torchvision
     import PIL
+    import torchvision
 
+    # Without a model "auto" gives the decision remembered on this machine, if any (else fp32).
+    remembered = {purpose: choose_precision("auto", "cpu", purpose=purpose) for purpose in ("train", "inference")}
     return {
-        "cpu": model_name,
+        "cpu": lscpu_model_name(),
+        "cpu_identity": cpu_identity(),
         "cores": cores,
         "torch_threads": torch.get_num_threads(),
-        "cpu_bf16": cpu_supports_bf16(),
-        "precision_chosen": pick_precision("auto", "cpu"),
+        "cpu_bf16": cpu_bf16_support(),
+        "precision_chosen": remembered["train"].precision,
+        "precision_remembered": {purpose: choice.label for purpose, choice in remembered.items()},
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -531,13 +678,12 @@ def evaluate_targets(results: dict) -> dict:
     return targets
 
 
-def run(settings: Settings, quick: bool, data_dir: Path | None, workdir: Path, progress: bool, log=print) -> dict:
-    """Every measurement, in order; returns the results dictionary."""
+def run_tables(results: dict, settings: Settings, data_dir: Path | None, workdir: Path, progress: bool,
+               note_load, log=print) -> None:
+    """(a)-(f): the seed walkthrough's pipeline against conserviz's, into ``results``."""
     from conserviz_utils.data import load_competition
     from conserviz_utils.split import split_by_site
 
-    results: dict = {"machine": machine_info(), "settings": {"quick": quick, **asdict(settings)}}
-    started = time.perf_counter()
     data_path, generated_in = prepare_data(data_dir, workdir, settings, progress)
     results["settings"].update(data=str(data_path) if data_dir else "generated sample", sample_seconds=generated_in)
     data = load_competition(data_path)
@@ -549,12 +695,6 @@ def run(settings: Settings, quick: bool, data_dir: Path | None, workdir: Path, p
     timing_ids = workdir / "timing_ids.csv"
     pd.Series(interleaved.index, name="id").to_csv(timing_ids, index=False)
     common = {"data": str(data_path), "timing_ids": str(timing_ids), "workdir": str(workdir)}
-
-    # The machine may be shared: note how busy it was around each section, next to its figures.
-    load = results["machine"]["load_average_by_section"] = {}
-
-    def note_load(section: str) -> None:
-        load[section] = round(os.getloadavg()[0], 2)
 
     log(f"(a) ResNet50 training, {settings.train_batches} batches of {settings.batch_size} per pipeline …")
     note_load("train")
@@ -595,15 +735,161 @@ def run(settings: Settings, quick: bool, data_dir: Path | None, workdir: Path, p
     log("(f) head training on cached embeddings …")
     note_load("head_training")
     results["head_training"] = measure_head_training(settings)
-    note_load("end")
     results["targets"] = evaluate_targets(results)
+
+
+def add_precision_target(results: dict) -> None:
+    """Issue 11's target: fit's training (a) at >= 0.9x the faster of (g)'s channels-last fp32 / bf16."""
+    (row,) = [r for r in results["precision"] if (r["arch"], r["purpose"]) == ("resnet50", "train")]
+    faster = max(row["images_per_second"]["channels_last_fp32"], row["images_per_second"]["channels_last_bf16"])
+    value = results["train"]["conserviz"]["images_per_second"] / faster
+    results["targets"]["train_vs_faster_precision"] = {"value": value, "target": ">= 0.9", "met": bool(value >= 0.9)}
+
+
+def measure_precision_table(settings: Settings, log=print) -> list[dict]:
+    """(g) the precision table, one fresh process per row."""
+    rows = []
+    for arch, purpose, batch_field in PRECISION_WORKLOADS:
+        batch = getattr(settings, batch_field)
+        log(f"    {arch} {purpose} at batch {batch} …")
+        rows.append(run_child("precision", {"arch": arch, "purpose": purpose, "batch_size": batch,
+                                            "image_size": settings.precision_image_size,
+                                            "steps": settings.precision_steps}))
+    return rows
+
+
+def measure_compile(settings: Settings, workdir: Path) -> dict:
+    """torch.compile of EfficientNet-Lite0 inference against eager, fp32 and bf16, cold and warm.
+
+    Returns, per precision: eager and compiled images/s, the compiled first batch with a cold
+    and a warm inductor cache, and the images a run needs before compiling pays (cold).
+    """
+    base = {"batch_size": settings.predict_batch_size, "image_size": settings.precision_image_size,
+            "steps": max(settings.precision_steps, 2)}
+    eager = run_child("precision", {**base, "arch": "efficientnet_lite0", "purpose": "inference"})
+    out = {"batch_size": base["batch_size"], "image_size": base["image_size"]}
+    for precision in ("fp32", "bf16"):
+        cache = workdir / f"inductor-cache-{precision}"
+        shutil.rmtree(cache, ignore_errors=True)
+        env = {"TORCHINDUCTOR_CACHE_DIR": str(cache)}
+        cold = run_child("compile", {**base, "precision": precision}, env=env)
+        warm = run_child("compile", {**base, "precision": precision}, env=env)
+        eager_rate = eager["images_per_second"][f"channels_last_{precision}"]
+        compiled_rate = cold["images_per_second"]
+        extra = cold["first_batch_seconds"] - base["batch_size"] / compiled_rate
+        saved_per_image = 1 / eager_rate - 1 / compiled_rate
+        out[precision] = {
+            "eager_images_per_second": eager_rate,
+            "compiled_images_per_second": compiled_rate,
+            "compiled": cold["compiled"], "note": cold["note"],
+            "first_batch_seconds_cold": cold["first_batch_seconds"],
+            "first_batch_seconds_warm": warm["first_batch_seconds"],
+            "pays_after_images": extra / saved_per_image if saved_per_image > 0 else None,
+        }
+    return out
+
+
+@dataclass(frozen=True)
+class CoursePlan:
+    """(h): which samples the course is timed on, and how."""
+
+    samples: tuple[tuple[str, int, int], ...]  # (label, train images, test images)
+    data_root: Path  # where the generated samples are kept between runs
+    notebooks: tuple[str, ...] | None  # None: every notebook the course runner runs
+    quick: bool  # run the notebooks in CONSERVIZ_QUICK mode (a check that the plumbing works)
+
+
+def cached_sample(folder: Path, n_train: int, n_test: int, progress: bool) -> tuple[Path, float, bool]:
+    """A generated sample of that size in ``folder``: reused when complete, else generated.
+
+    Returns:
+        (folder, seconds spent generating, whether an existing one was reused).
+    """
+    from conserviz_utils.sample import GENERATOR_VERSION, generate_sample, sample_marker
+
+    marker = sample_marker(folder) or {}
+    wanted = {"generator_version": GENERATOR_VERSION, "n_train": n_train, "n_test": n_test, "seed": 0,
+              "image_scale": 1.0}
+    if all(marker.get(key) == value for key, value in wanted.items()):
+        return folder, 0.0, True
+    report = generate_sample(folder, n_train=n_train, n_test=n_test, seed=0, image_scale=1.0, progress=progress)
+    return folder, report.seconds, False
+
+
+def sample_folder(root: Path, n_train: int, n_test: int) -> Path:
+    """Where a sample of that size is kept: data/sample is the course's own 2,000 / 500 one."""
+    from conserviz_utils.sample import REAL_N_TEST, REAL_N_TRAIN
+
+    if (n_train, n_test) == (2000, 500):
+        return root / "sample"
+    if (n_train, n_test) == (REAL_N_TRAIN, REAL_N_TEST):
+        return root / "sample-full-size"
+    return root / f"sample-{n_train}-{n_test}"
+
+
+def measure_course(plan: CoursePlan, workdir: Path, progress: bool, log=print) -> dict:
+    """(h) every notebook of the course on each sample of the plan, timed, each a cold start."""
+    results = {"quick": plan.quick, "runs": []}
+    for label, n_train, n_test in plan.samples:
+        folder = sample_folder(plan.data_root, n_train, n_test)
+        log(f"    {label}: the sample of {n_train:,} train / {n_test:,} test images in {folder} …")
+        folder, generated_in, reused = cached_sample(folder, n_train, n_test, progress)
+        env = {"CONSERVIZ_DATA": str(folder.resolve()), "CONSERVIZ_OUTPUTS": str((workdir / f"course-{n_train}").resolve()),
+               "CONSERVIZ_QUICK": "1" if plan.quick else None}
+        load_before = round(os.getloadavg()[0], 2)
+        timed = run_child("course", {"outputs": env["CONSERVIZ_OUTPUTS"], "notebooks": plan.notebooks}, env=env,
+                          stream=True)
+        results["runs"].append({"label": label, "n_train": n_train, "n_test": n_test, "data": str(folder),
+                                "sample_reused": reused, "sample_seconds": generated_in,
+                                "load_average": [load_before, round(os.getloadavg()[0], 2)], **timed})
+    return results
+
+
+def run(settings: Settings, quick: bool, data_dir: Path | None, workdir: Path, progress: bool, log=print, *,
+        tables: bool = True, precision: bool = True, compile_probe: bool = False,
+        course: CoursePlan | None = None) -> dict:
+    """Every measurement asked for, in order; returns the results dictionary."""
+    results: dict = {"machine": machine_info(), "settings": {"quick": quick, **asdict(settings)}}
+    started = time.perf_counter()
+    # The machine may be shared: note how busy it was around each section, next to its figures.
+    load = results["machine"]["load_average_by_section"] = {}
+
+    def note_load(section: str) -> None:
+        load[section] = round(os.getloadavg()[0], 2)
+
+    if tables:
+        run_tables(results, settings, data_dir, workdir, progress, note_load, log)
+    if precision:
+        log("(g) precision: NCHW fp32, channels-last fp32 and bf16, and what auto picks …")
+        note_load("precision")
+        results["precision"] = measure_precision_table(settings, log)
+        if tables:
+            add_precision_target(results)
+    if compile_probe:
+        log("torch.compile of EfficientNet-Lite0 inference, cold and warm …")
+        note_load("compile")
+        results["compile"] = measure_compile(settings, workdir)
+    if course is not None:
+        log("(h) the course, every notebook, on each sample …")
+        note_load("course")
+        results["course"] = measure_course(course, workdir, progress, log)
+    note_load("end")
     results["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     results["settings"]["total_seconds"] = time.perf_counter() - started
     return results
 
 
-def table(results: dict) -> str:
-    """The results as a plain-text table, seed and conserviz side by side."""
+
+
+def aligned(header: tuple, rows: list[tuple]) -> list[str]:
+    """Rows of cells as text lines: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(str(cell).ljust(widths[i]) if i == 0 else str(cell).rjust(widths[i]) for i, cell in enumerate(row))
+            for row in [header, *rows]]
+
+
+def comparison_table(results: dict) -> str:
+    """(a)-(f) as a plain-text table, seed and conserviz side by side."""
     t, inf, pipe, e2e = results["train"], results["inference"], results["input_pipeline"], results["end_to_end"]
     mem, head, targets = results["memory"], results["head_training"], results["targets"]
 
@@ -637,26 +923,117 @@ def table(results: dict) -> str:
         (f"(f) head, {head['rows']:,} embeddings x {head['epochs']} epochs, s", "", f"{head['seconds']:.1f}", "",
          f"< 30 s {mark('head_training_seconds')}"),
     ]
-    header = ("", "seed", "conserviz", "ratio", "target")
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(5)]
-    lines = ["  ".join(str(cell).ljust(widths[i]) if i == 0 else str(cell).rjust(widths[i]) for i, cell in enumerate(row))
-             for row in [header, *rows]]
-    machine = results["machine"]
-    lines.insert(0, f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, precision "
-                    f"{machine['precision_chosen']}, load average {machine['load_average_at_start']} at start")
-    lines.insert(1, "")
-    if results["settings"]["quick"]:
-        lines.append("\nquick run: fewer and smaller batches and a small sample, to check that the benchmark "
-                     "works; its ratios are not the measurement")
+    if "train_vs_faster_precision" in targets:
+        rows.append(("    (a) against the faster of (g)'s channels-last fp32 / bf16", "",
+                     f"{targets['train_vs_faster_precision']['value']:.2f}x", "",
+                     f">= 0.9x {mark('train_vs_faster_precision')}"))
+    return "\n".join(aligned(("", "seed", "conserviz", "ratio", "target"), rows))
+
+
+PRECISION_LABELS = {("resnet50", "train"): "ResNet50 training", ("resnet50", "inference"): "ResNet50 inference",
+                    ("efficientnet_lite0", "inference"): "EfficientNet-Lite0 inference"}
+
+
+def precision_table(rows: list[dict]) -> str:
+    """(g) as a plain-text table: images/s per layout and precision, and what auto picks."""
+    cells = []
+    for row in rows:
+        rates = row["images_per_second"]
+        label = PRECISION_LABELS.get((row["arch"], row["purpose"]), f"{row['arch']} {row['purpose']}")
+        auto = row["auto"]
+        cells.append((f"{label} @{row['batch_size']}, images/s", f"{rates['nchw_fp32']:.1f}",
+                      f"{rates['channels_last_fp32']:.1f}", f"{rates['channels_last_bf16']:.1f}",
+                      f"{auto['precision']} ({auto['source']}) {auto['images_per_second']:.1f}",
+                      f"{auto['images_per_second'] / rates['nchw_fp32']:.1f}x"))
+    header = ("(g) precision, random tensors", "NCHW fp32", "CL fp32", "CL bf16", "auto picks", "auto/NCHW")
+    size = rows[0]["image_size"] if rows else 224
+    note = (f"    {size} px, steady state (1 warm-up step, median of {rows[0]['steps'] if rows else 0}); NCHW fp32 is "
+            "the walkthrough's layout, CL = channels-last (conserviz); auto measured the CL columns itself")
+    return "\n".join([*aligned(header, cells), note])
+
+
+def compile_table(compiled: dict) -> str:
+    """torch.compile of EfficientNet-Lite0 inference as a plain-text table."""
+    cells = []
+    for precision in ("fp32", "bf16"):
+        row = compiled[precision]
+        pays = row["pays_after_images"]
+        cells.append((f"Lite0 inference @{compiled['batch_size']}, {precision}", f"{row['eager_images_per_second']:.1f}",
+                      f"{row['compiled_images_per_second']:.1f}" + ("" if row["compiled"] else " (eager: " + str(row["note"]) + ")"),
+                      f"{row['first_batch_seconds_cold']:.1f} / {row['first_batch_seconds_warm']:.1f}",
+                      f"{pays:,.0f}" if pays is not None else "never"))
+    header = ("torch.compile", "eager img/s", "compiled img/s", "1st batch s cold / warm", "pays after images")
+    return "\n".join(aligned(header, cells))
+
+
+def course_table(course: dict) -> str:
+    """(h) as a plain-text table: seconds per notebook, one column per sample."""
+    runs = course["runs"]
+    names = list(dict.fromkeys(name for run_ in runs for name in run_["notebooks"]))
+    header = ("(h) the course, seconds", *(f"{r['label']} ({r['n_train']:,} / {r['n_test']:,})" for r in runs))
+    cells = [(f"    {name}", *(f"{r['notebooks'][name]:.0f}" if name in r["notebooks"] else "-" for r in runs))
+             for name in names]
+    cells.append(("    all notebooks (make course), min", *(f"{r['seconds'] / 60:.1f}" for r in runs)))
+    cells.append(("    sample generated first, s", *(("reused" if r["sample_reused"] else f"{r['sample_seconds']:.0f}")
+                                                      for r in runs)))
+    cells.append(("    load average before / after", *(" / ".join(f"{v:.1f}" for v in r["load_average"]) for r in runs)))
+    lines = aligned(header, cells)
+    for r in runs:
+        if r.get("error"):
+            lines.append(f"    FAILED on {r['label']}: {r['error'].splitlines()[0][:300]}")
+    if course["quick"]:
+        lines.append("    (notebooks in CONSERVIZ_QUICK mode: a check of the plumbing, not the measurement)")
     return "\n".join(lines)
 
 
+def table(results: dict) -> str:
+    """Every section the results hold, as plain-text tables under a line naming the machine."""
+    machine = results["machine"]
+    remembered = machine["precision_remembered"]
+    identity = machine["cpu_identity"].removeprefix(machine["cpu"]).lstrip(", ")  # family, model, bf16 support
+    lines = [
+        (f"{machine['cpu']} ({identity}), {machine['cores']} cores, torch {machine['torch']}, "
+         f"load average {machine['load_average_at_start']} at start, {machine['load_average_at_end']} at end"),
+        f"precision remembered on this machine: train {remembered['train']}; inference {remembered['inference']}",
+        "",
+    ]
+    if "train" in results:
+        lines += [comparison_table(results), ""]
+    if "precision" in results:
+        lines += [precision_table(results["precision"]), ""]
+    if "compile" in results:
+        lines += [compile_table(results["compile"]), ""]
+    if "course" in results:
+        lines += [course_table(results["course"]), ""]
+    if results["settings"]["quick"]:
+        lines.append("quick run: fewer and smaller batches and a small sample, to check that the benchmark "
+                     "works; its ratios are not the measurement")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    from conserviz_utils.sample import REAL_N_TEST, REAL_N_TRAIN
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a reduced run (fewer images and batches)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON results")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write the JSON results (default: benchmarks/results.json; "
+                        "results-precision.json with --precision-only, results-full-size.json with --full-size)")
     parser.add_argument("--data", type=Path, default=None, help="an existing sample (default: generate one)")
-    parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="scratch folder (default: a temporary one); with --full-size it also keeps the samples")
+    parser.add_argument("--precision-only", action="store_true", help="only the precision table (g)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile of EfficientNet-Lite0 inference (a few minutes more)")
+    parser.add_argument("--full-size", action="store_true",
+                        help=f"also time every notebook of the course on the default sample and on a competition-size "
+                        f"one ({REAL_N_TRAIN:,} / {REAL_N_TEST:,} images, generated once into data/; "
+                        "needs a quiet machine for about an hour the first time)")
+    parser.add_argument("--course-only", action="store_true", help="with --full-size: only the course timings")
+    # A small stand-in for the competition-size sample, to check --full-size works (tests, a first look).
+    parser.add_argument("--n-train", type=int, default=REAL_N_TRAIN, help=argparse.SUPPRESS)
+    parser.add_argument("--n-test", type=int, default=REAL_N_TEST, help=argparse.SUPPRESS)
+    parser.add_argument("--notebooks", default=None, help=argparse.SUPPRESS)  # comma-separated names
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--child-args", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -664,20 +1041,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(CHILDREN[args.child](json.loads(args.child_args))))
         return 0
+    if args.course_only and not args.full_size:
+        parser.error("--course-only needs --full-size")
+    if args.precision_only and args.full_size:
+        parser.error("--precision-only and --full-size cannot go together")
 
     settings = QUICK if args.quick else FULL
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="conserviz-benchmark-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    course = None
+    if args.full_size:
+        full = ("full size", args.n_train, args.n_test)
+        # Quick mode checks the plumbing on the stand-in alone; a real run re-times the default sample next to it.
+        samples = (full,) if args.quick else (("sample", 2000, 500), full)
+        notebooks = tuple(args.notebooks.split(",")) if args.notebooks else None
+        course = CoursePlan(samples=samples, data_root=args.workdir or PROJECT_ROOT / "data", notebooks=notebooks,
+                            quick=args.quick)
+    out = args.out or DEFAULT_OUT.with_name("results-precision.json" if args.precision_only
+                                            else "results-full-size.json" if args.full_size else DEFAULT_OUT.name)
     try:
-        results = run(settings, args.quick, args.data, workdir, progress=not args.quick)
+        results = run(settings, args.quick, args.data, workdir, progress=not args.quick,
+                      tables=not (args.precision_only or args.course_only),
+                      precision=not args.course_only, compile_probe=args.compile, course=course)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
-    print(f"\nwritten to {args.out}")
-    return 0
+    print(f"written to {out}")
+    failed = [r["label"] for r in results.get("course", {}).get("runs", []) if r.get("error")]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

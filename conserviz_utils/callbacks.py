@@ -411,7 +411,8 @@ class ProgressBars(Callback):
         self.epoch_bar = tqdm(
             total=trainer.epochs,
             initial=min(trainer.position.epoch, trainer.epochs),
-            desc=f"fit on {trainer.device.type}, {trainer.precision}",
+            desc=f"fit on {trainer.device.type}, "
+            + (trainer.precision_choice.label if trainer.precision_choice is not None else trainer.precision),
             unit="epoch",
             disable=not trainer.is_main_process,
         )

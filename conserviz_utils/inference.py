@@ -26,7 +26,7 @@ from conserviz_utils.batches import (
     loader_length,
     to_device,
 )
-from conserviz_utils.device import autocast, pick_device, pick_precision
+from conserviz_utils.device import autocast, choose_precision, pick_device
 from conserviz_utils.distributed import gather_objects, gather_predictions
 from conserviz_utils.errors import TrainingError
 from conserviz_utils.metrics import accuracy, apply_temperature, log_loss
@@ -99,7 +99,7 @@ def evaluate(
         TrainingError: the loader has no labelled images, or the model outputs NaN/inf.
     """
     device = pick_device(device)
-    precision = pick_precision(precision, device)
+    precision = choose_precision(precision, device, model, getattr(loader, "batch_size", None), "inference").precision
     criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
     ids, logits, labels, skipped = forward_batches(
         model, loader, device=device, precision=precision, tta=False, need_labels=True, progress=progress,
@@ -154,7 +154,7 @@ def predict_logits(
         loader: Batches as dicts with "image_id" and "image" (labels, if any, are ignored).
         tta: Test-time augmentation: average the logits of each image and its mirror image.
         device: "auto", "cpu", "cuda", ... (see :func:`pick_device`).
-        precision: "auto", "fp32", "bf16" or "fp16" (see :func:`pick_precision`).
+        precision: "auto", "fp32", "bf16" or "fp16" (see :func:`conserviz_utils.device.choose_precision`).
         species: The column names, in the order of the model's outputs.
         progress: Show a progress bar.
 
@@ -164,7 +164,8 @@ def predict_logits(
         ``.attrs["skipped"]`` as (id, reason) pairs and explained in ``.attrs["note"]``.
     """
     device = pick_device(device)
-    precision = pick_precision(precision, device)
+    choice = choose_precision(precision, device, model, getattr(loader, "batch_size", None), "inference")
+    precision = choice.precision
     columns = list(species)
     ids, logits, _, skipped = forward_batches(
         model, loader, device=device, precision=precision, tta=tta, need_labels=False, progress=progress,
@@ -177,6 +178,7 @@ def predict_logits(
         )
     values = logits.numpy().reshape(len(ids), len(columns))
     frame = pd.DataFrame(values, index=pd.Index(ids, name="id"), columns=columns)
+    frame.attrs.update(choice.as_attrs())
     frame.attrs["skipped"] = list(skipped)
     if skipped:
         frame.attrs["note"] = skipped_note(skipped)

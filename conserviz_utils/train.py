@@ -53,7 +53,9 @@ from conserviz_utils.callbacks import (
 from conserviz_utils.checkpoint import resume_state, save_checkpoint
 from conserviz_utils.device import (
     PRECISIONS,
+    PrecisionChoice,
     autocast,
+    choose_precision,
     grad_scaler,
     pick_device,
     pick_precision,
@@ -105,6 +107,7 @@ class Trainer:
         self.criterion = criterion
         self.device = device
         self.precision = precision
+        self.precision_choice: PrecisionChoice | None = None  # how fit chose it, for the report
         self.progress = progress
         self.scaler = grad_scaler(device, enabled=precision == "fp16")
         self.is_main_process = is_main_process()
@@ -401,6 +404,8 @@ class Trainer:
             best_epoch=None,
             best_eval_log_loss=None,
         )
+        if self.precision_choice is not None:
+            frame.attrs.update(self.precision_choice.as_attrs())
         for callback in self.callbacks:
             frame.attrs.update(callback.history_attrs())
         frame.attrs["skipped"] = sorted(self.skipped.items())
@@ -480,7 +485,7 @@ def fit(
         scheduler: A learning-rate scheduler, stepped after every batch; ``ReduceLROnPlateau``
             is stepped once per epoch with the eval log loss.
         device: "auto", "cpu", "cuda", "cuda:1", "mps" or a torch.device.
-        precision: "auto", "fp32", "bf16" or "fp16" (:func:`conserviz_utils.device.pick_precision`).
+        precision: "auto", "fp32", "bf16" or "fp16" (:func:`conserviz_utils.device.choose_precision`: on a CPU, measured).
         clip_grad_norm: Clip the gradients' total norm to this before each step (the norm
             before clipping is recorded in the ``grad_norm`` column).
         early_stopping: A patience (epochs without a better eval log loss) or an
@@ -524,7 +529,11 @@ def fit(
         progress=progress,
     )
     device = pick_device(device)
-    precision = pick_precision(precision, device)
+    # "auto" on a CPU times a few fp32 and bf16 steps of this model at this batch size (once per
+    # machine: the decision is remembered), since which is faster depends on the CPU model.
+    choice = choose_precision(
+        precision, device, unwrap_model(model), getattr(train_loader, "batch_size", None), "train"
+    )
 
     was_training = model.training
     if unwrap_model(model) is model:  # a DDP wrapper stays where it was built
@@ -544,7 +553,7 @@ def fit(
         optimizer=optimizer,
         criterion=criterion if criterion is not None else nn.CrossEntropyLoss(),
         device=device,
-        precision=precision,
+        precision=choice.precision,
         callbacks=[*built_in, *user_callbacks],
         progress=progress,
     )
@@ -554,6 +563,7 @@ def fit(
         trainer.seed = seed if seed is not None else draw_seed()
         if seed is not None:
             seed_everything(seed)
+    trainer.precision_choice = choice
     history = trainer.fit()
     model.train(was_training)
     return history

@@ -29,3 +29,22 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is absent (only the project's CI and developers have it)")
     return SHARED
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_cache_folder(tmp_path_factory):
+    """Remembered precision decisions and file digests go to a folder of this test run.
+
+    Otherwise a decision the user's machine remembered (or a test's fake measurement) would leak
+    between the tests and the user's own runs.
+    """
+    import os
+
+    folder = tmp_path_factory.mktemp("conserviz-cache")
+    before = os.environ.get("CONSERVIZ_CACHE_DIR")
+    os.environ["CONSERVIZ_CACHE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("CONSERVIZ_CACHE_DIR", None)
+    else:
+        os.environ["CONSERVIZ_CACHE_DIR"] = before

@@ -1,10 +1,11 @@
-"""benchmarks/run.py --quick still runs end to end and writes every section (speeds are not checked)."""
+"""benchmarks/run.py --quick (and --full-size on a tiny stand-in) still run end to end (speeds are not checked)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -13,13 +14,24 @@ from conftest import PROJECT_ROOT
 RUN = PROJECT_ROOT / "benchmarks" / "run.py"
 
 
-def _sections() -> tuple[str, ...]:
+def _module():
     spec = importlib.util.spec_from_file_location("benchmark_run", RUN)
     module = importlib.util.module_from_spec(spec)
     # dataclasses look their module up in sys.modules while the class body runs.
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    return module.SECTIONS
+    return module
+
+
+def _sections() -> tuple[str, ...]:
+    return _module().SECTIONS
+
+
+def _run(*arguments: str, cache_dir) -> subprocess.CompletedProcess:
+    # Its own precision cache: the benchmark must not read or write the user's.
+    env = {**os.environ, "CONSERVIZ_CACHE_DIR": str(cache_dir)}
+    return subprocess.run([sys.executable, str(RUN), *arguments], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=900, check=False, env=env)
 
 
 def _positive(value) -> bool:
@@ -28,14 +40,7 @@ def _positive(value) -> bool:
 
 def test_quick_benchmark_writes_every_section(tmp_path):
     out = tmp_path / "results.json"
-    done = subprocess.run(
-        [sys.executable, str(RUN), "--quick", "--out", str(out), "--workdir", str(tmp_path / "work")],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    done = _run("--quick", "--out", str(out), "--workdir", str(tmp_path / "work"), cache_dir=tmp_path / "cache")
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads(out.read_text())
     assert set(_sections()) <= set(results)
@@ -56,6 +61,41 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     assert results["head_training"]["rows"] == 16_000 and _positive(results["head_training"]["seconds"])
     assert all(isinstance(target["met"], bool) for target in results["targets"].values())
 
-    # The printed table names every measurement.
-    for label in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "log loss"):
+    # (g) the precision table: every row measured, auto's pick one of the two it measured.
+    rows = {(row["arch"], row["purpose"]) for row in results["precision"]}
+    assert rows == {("resnet50", "train"), ("resnet50", "inference"), ("efficientnet_lite0", "inference")}
+    for row in results["precision"]:
+        rates = row["images_per_second"]
+        assert all(_positive(rates[k]) for k in ("nchw_fp32", "channels_last_fp32", "channels_last_bf16"))
+        auto = row["auto"]
+        assert auto["precision"] in ("fp32", "bf16") and auto["source"] in ("measured", "rule")
+        assert auto["images_per_second"] == rates[f"channels_last_{auto['precision']}"]
+    assert isinstance(results["targets"]["train_vs_faster_precision"]["met"], bool)
+    assert not (tmp_path / "cache" / "precision.json").exists()  # the table measures without the cache
+
+    # The printed table names every measurement, and the CPU.
+    for label in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "log loss", "CL bf16", "auto picks"):
         assert label in done.stdout
+    assert machine["cpu"] and f"{machine['cpu']} (" in done.stdout
+
+
+def test_full_size_times_the_notebooks_on_a_cached_stand_in(tmp_path):
+    """--full-size on a tiny stand-in sample: the sample is reused when present, each notebook timed."""
+    work, out = tmp_path / "work", tmp_path / "full.json"
+    module = _module()
+    folder = module.sample_folder(work, 24, 8)
+    module.cached_sample(folder, 24, 8, progress=False)  # as a first --full-size run would leave it
+    _, seconds, reused = module.cached_sample(folder, 24, 8, progress=False)
+    assert reused and seconds == 0.0
+
+    done = _run("--full-size", "--course-only", "--quick", "--n-train", "24", "--n-test", "8",
+                "--notebooks", "01_explore", "--workdir", str(work), "--out", str(out), cache_dir=tmp_path / "cache")
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads(out.read_text())
+    assert "train" not in results and "precision" not in results  # --course-only
+    (run,) = results["course"]["runs"]
+    assert (run["n_train"], run["n_test"], run["sample_reused"], run["error"]) == (24, 8, True, None)
+    assert list(run["notebooks"]) == ["01_explore"] and _positive(run["notebooks"]["01_explore"])
+    assert run["seconds"] >= run["notebooks"]["01_explore"]
+    assert (work / "course-24" / "executed" / "01_explore.ipynb").is_file()
+    assert "01_explore" in done.stdout and "(h) the course" in done.stdout
