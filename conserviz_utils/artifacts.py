@@ -1,4 +1,9 @@
-"""Where the notebooks pass their files along: one output folder, one name per artifact."""
+"""Where the notebooks pass their files along: one output folder, one name per artifact.
+
+Each artifact the course writes has a ``<name>.provenance.json`` sidecar beside it saying what it
+was made from (``provenance.sidecar_path``); the ``ensure_*`` steps of ``course`` compare it
+with what they would write now and rebuild what no longer matches.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +48,21 @@ class CourseArtifacts:
     def submission(self) -> Path:
         """The submission file of notebook 06."""
         return self.output_dir / "submission.csv"
+
+    @property
+    def predictions(self) -> Path:
+        """The cached logits of notebooks 05 and 06, each with a provenance sidecar (safe to delete)."""
+        return self.output_dir / "predictions"
+
+    @property
+    def eval_logits(self) -> Path:
+        """The kept model's logits on the eval images (notebook 05), cached."""
+        return self.predictions / "eval_logits.csv"
+
+    @property
+    def test_logits(self) -> Path:
+        """The kept model's logits on the test images (notebook 06), cached."""
+        return self.predictions / "test_logits.csv"
 
     @property
     def features(self) -> Path:

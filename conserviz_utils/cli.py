@@ -613,12 +613,13 @@ def _fine_tune(args, console: Console, recipe: Recipe, settings, data, split, de
     import copy
 
     from conserviz_utils import distributed
-    from conserviz_utils.checkpoint import load_checkpoint, save_checkpoint
+    from conserviz_utils.checkpoint import load_checkpoint
     from conserviz_utils.course import (
         fine_tune,
         keep_better_stage,
         make_loaders,
         make_optimizer,
+        save_course_checkpoint,
     )
     from conserviz_utils.models import build_model, unfreeze
     from conserviz_utils.train import fit
@@ -671,8 +672,10 @@ def _fine_tune(args, console: Console, recipe: Recipe, settings, data, split, de
         return EXIT_BY_SIGNAL.get(signal_name, 130)
     choice = keep_better_stage(model, head_state, head_log_loss, history)
     if distributed.is_main_process():
-        save_checkpoint(artifacts.checkpoint, model, metrics={"eval_log_loss": choice.log_loss},
-                        extra={"recipe": recipe.to_dict(), "stage": choice.stage})
+        # The course's own save: model.pt with the recipe and the kept stage, recipe.json, and the
+        # provenance record, so the notebooks can use this output folder without retraining.
+        save_course_checkpoint(distributed.unwrap_model(model), choice, data, split, settings, recipe,
+                               pretrained=args.pretrained)
         save_recipe(args.out, recipe)
     distributed.barrier()
     console.say(f"{choice} → {artifacts.checkpoint}")
@@ -699,7 +702,7 @@ def run_evaluate(args: argparse.Namespace, console: Console) -> int:
     loader = prediction_loader(model, data.train_features.loc[split.eval], settings)
     metrics = headline_metrics(predict_logits(model, loader, species=data.species, progress=console.progress),
                                data, split)
-    path = save_metrics(settings, metrics)
+    path = save_metrics(settings, metrics, data=data, splits=split)
     console.say(f"{metrics['eval_images']:,} eval images of the {metrics['data']}:")
     console.say(f"  accuracy       {metrics['accuracy']:.3f}   (majority baseline {metrics['majority_accuracy']:.3f})")
     console.say(f"  log loss       {metrics['log_loss']:.4f}  (uniform baseline {metrics['uniform_log_loss']:.4f})")

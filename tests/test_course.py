@@ -33,6 +33,14 @@ from conserviz_utils.settings import CourseSettings
 from conserviz_utils.split import Split, load_splits, save_splits, split_stratified
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    """File digests (provenance) and precision decisions go to this module's folder, not the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CONSERVIZ_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 def one_hot(names, ids) -> pd.DataFrame:
     frame = pd.DataFrame(0, index=pd.Index(ids, name="id"), columns=list(SPECIES))
     for row, name in zip(ids, names, strict=True):

@@ -14,7 +14,7 @@ from conserviz_utils.settings import CourseSettings
 
 def test_the_default_recipe_holds_the_course_values():
     recipe = Recipe()
-    assert (recipe.head_lr, recipe.head_weight_decay, recipe.head_batch_size) == (1e-3, 1e-4, 64)
+    assert (recipe.head_lr, recipe.head_weight_decay, recipe.head_batch_size) == (1e-3, 1.0, 64)
     assert (recipe.head_epochs, recipe.head_patience, recipe.head_holdout) == (30, 3, 0.15)
     assert (recipe.fine_tune_optimizer, recipe.fine_tune_lr, recipe.fine_tune_weight_decay) == ("adamw", 1e-4, 1e-4)
     assert (recipe.fine_tune_epochs, recipe.fine_tune_patience, recipe.augment) == (1, 1, True)
