@@ -171,16 +171,7 @@ def split_by_site(
         raise DataValidationError(
             f"n_trials must be a positive integer, got {n_trials!r}", fix="pass e.g. n_trials=32"
         )
-    species = labels_to_species(labels)
-    sites = _sites_of(features, species.index)
-    unlabelled = features.index.difference(species.index)
-    if len(unlabelled):
-        raise DataValidationError(
-            "these images of the features have no label",
-            rows=unlabelled,
-            fix="pass features and labels of the same images (e.g. data.train_features and "
-            "data.train_labels)",
-        )
+    species, sites = _species_and_sites(features, labels)
     counts = pd.crosstab(sites, species)  # sites × species, both sorted
     if len(counts) < 2:
         raise DataValidationError(
@@ -193,6 +184,21 @@ def split_by_site(
     in_eval = _search_sites(counts.to_numpy(dtype=np.int64), test_size, rng, n_trials)
     is_eval = sites.isin(counts.index[in_eval]).to_numpy()
     return _in_order(species.index, species.index[~is_eval], species.index[is_eval])
+
+
+def _species_and_sites(features: pd.DataFrame, labels) -> tuple[pd.Series, pd.Series]:
+    """The species and the site of every labelled image; every image of ``features`` needs a label."""
+    species = labels_to_species(labels)
+    sites = _sites_of(features, species.index)
+    unlabelled = features.index.difference(species.index)
+    if len(unlabelled):
+        raise DataValidationError(
+            "these images of the features have no label",
+            rows=unlabelled,
+            fix="pass features and labels of the same images (e.g. data.train_features and "
+            "data.train_labels)",
+        )
+    return species, sites
 
 
 def _sites_of(features: pd.DataFrame, ids: pd.Index) -> pd.Series:
@@ -484,16 +490,7 @@ def site_folds(
         raise DataValidationError(
             f"n_folds must be a whole number of at least 2, got {n_folds!r}", fix="pass e.g. n_folds=5"
         )
-    species = labels_to_species(labels)
-    sites = _sites_of(features, species.index)
-    unlabelled = features.index.difference(species.index)
-    if len(unlabelled):
-        raise DataValidationError(
-            "these images of the features have no label",
-            rows=unlabelled,
-            fix="pass features and labels of the same images (e.g. data.train_features and "
-            "data.train_labels)",
-        )
+    species, sites = _species_and_sites(features, labels)
     counts_frame = pd.crosstab(sites, species)  # sites × species, both sorted
     if len(counts_frame) < n_folds:
         raise DataValidationError(
