@@ -1,8 +1,8 @@
 """The notebooks' shared steps: split, embed, train the head, fine-tune, keep the better stage, score.
 
-Every notebook starts with ``settings = CourseSettings.from_env()`` (:mod:`conserviz_utils.settings`)
-and finds what earlier notebooks wrote through ``settings.artifacts``
-(:mod:`conserviz_utils.artifacts`). Training takes its hyperparameters from a
+Every notebook starts with its parameters cell and ``settings = CourseSettings.from_env(...)``
+(:mod:`conserviz_utils.settings`) and finds what earlier notebooks wrote through
+``settings.artifacts`` (:mod:`conserviz_utils.artifacts`). Training takes its hyperparameters from a
 :class:`~conserviz_utils.recipe.Recipe`. When an artifact is missing — a learner opened notebook
 05 first — the ``ensure_*`` helpers rebuild it with the default recipe, so each notebook runs
 alone.

@@ -85,3 +85,46 @@ def test_quick_is_a_flag(raw, quick):
 def test_blank_values_mean_the_default():
     settings = CourseSettings.from_env({"CONSERVIZ_EPOCHS": " ", "CONSERVIZ_ARCH": "", "CONSERVIZ_DATA": ""})
     assert settings.epochs == 1 and settings.arch == "efficientnet_lite0" and settings.data_dir is None
+
+
+# --- notebook parameters (the parameters cell's values; papermill's -p replaces them) ---------
+
+
+def test_a_parameter_wins_over_its_variable_and_none_falls_back_to_it(tmp_path):
+    env = {"CONSERVIZ_EPOCHS": "2", "CONSERVIZ_BATCH_SIZE": "8", "CONSERVIZ_OUTPUTS": str(tmp_path / "env")}
+    settings = CourseSettings.from_env(env, epochs=3, batch_size=None, output_dir=str(tmp_path / "param"))
+    assert settings.epochs == 3  # the parameter
+    assert settings.batch_size == 8  # None: the variable
+    assert settings.output_dir == tmp_path / "param"
+    assert CourseSettings.from_env({}, head_epochs=None).head_epochs == 30  # neither: the default
+
+
+def test_quick_and_paths_can_be_parameters(tmp_path):
+    settings = CourseSettings.from_env({}, quick=True, data_dir=str(tmp_path), arch="resnet18")
+    assert settings.quick and settings.max_train_images == 240 and settings.epochs == 1
+    assert settings.data_dir == tmp_path and settings.arch == "resnet18"
+    # papermill passes -p quick 0 as the int 0: a flag all the same, and it overrides the variable.
+    assert CourseSettings.from_env({"CONSERVIZ_QUICK": "1"}, quick=0).quick is False
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("epochs", -1, "must be at least 0"),
+        ("epochs", 1.5, "is not a whole number"),
+        ("epochs", True, "is not a whole number"),
+        ("batch_size", 0, "must be at least 1"),
+        ("max_train_images", 10, "too small to learn from"),
+        ("arch", "resnet9000", "not a known architecture"),
+        ("quick", "maybe", "not a yes/no flag"),
+    ],
+)
+def test_a_bad_parameter_names_the_parameter_and_how_to_pass_a_good_one(name, value, problem):
+    with pytest.raises(SettingsError) as caught:
+        CourseSettings.from_env({}, **{name: value})
+    message = str(caught.value)
+    assert f"notebook parameter {name}={value!r}" in message and problem in message
+    assert "CONSERVIZ_" not in message  # the learner set a parameter, not a variable
+    assert f"papermill: -p {name} " in message
+    example = message.split(f"e.g. {name} = ")[1].split(" ")[0]
+    CourseSettings.from_env({}, **{name: example})  # the example the fix gives is accepted

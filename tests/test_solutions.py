@@ -53,9 +53,14 @@ def test_each_notebook_has_an_exercises_section_with_hands_on_checks(name):
 @pytest.mark.parametrize("name", WITH_EXERCISES)
 def test_the_parameters_cell_is_tagged_for_papermill(name):
     notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    first_code = next(c for c in notebook.cells if c.cell_type == "code")
-    assert "parameters" in first_code.metadata.get("tags", [])
-    assert "CourseSettings.from_env()" in first_code.source
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    parameters, settings = code[0], code[1]
+    assert "parameters" in parameters.metadata.get("tags", [])
+    # papermill injects plain assignments after this cell: it must hold plain values, all used below.
+    names = [line.split(" = ")[0] for line in parameters.source.splitlines() if not line.startswith("#")]
+    assert all(line.endswith(" = None") for line in parameters.source.splitlines() if not line.startswith("#"))
+    assert "CourseSettings.from_env(" in settings.source
+    assert all(f"{name}={name}" in settings.source for name in names) and len(names) == 9
 
 
 @pytest.mark.parametrize("name", WITH_EXERCISES)
