@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from conserviz_utils.errors import TrainingError
+from conserviz_utils.errors import ImageLoadError, TrainingError
 
 #: The fix to suggest when a loader does not give conserviz's batch layout.
 BATCH_LAYOUT_FIX = (
@@ -16,8 +16,16 @@ BATCH_LAYOUT_FIX = (
 )
 
 
+def raise_load_error(batch: Any) -> None:
+    """Raise the `ImageLoadError` a loader worker sent in place of a batch (see `data.collate_images`)."""
+    parts = batch.get("load_error") if isinstance(batch, Mapping) else None
+    if parts:
+        raise ImageLoadError(parts["problem"], path=parts.get("path"), rows=parts.get("rows"), fix=parts.get("fix"))
+
+
 def check_batch(batch: Any, need_labels: bool) -> None:
-    """Refuse a batch that is not the dict conserviz loaders produce."""
+    """Refuse a batch that is not the dict conserviz loaders produce, or one that stands for a load error."""
+    raise_load_error(batch)
     if not isinstance(batch, Mapping) or "image" not in batch:
         raise TrainingError(
             f"a loader batch is a {type(batch).__name__} without an 'image' entry", fix=BATCH_LAYOUT_FIX
@@ -60,4 +68,7 @@ def loader_length(loader: Iterable) -> int | None:
         return None
 
 
-__all__ = ["BATCH_LAYOUT_FIX", "batch_size", "check_batch", "class_positions", "first_ids", "loader_length", "to_device"]
+__all__ = [
+    "BATCH_LAYOUT_FIX", "batch_size", "check_batch", "class_positions", "first_ids", "loader_length",
+    "raise_load_error", "to_device",
+]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from conserviz_utils.errors import DataValidationError
+from conserviz_utils.errors import DataValidationError, ImageLoadError
 from conserviz_utils.fileio import atomic_write_json
 from conserviz_utils.recipe import Recipe
 from conserviz_utils.settings import MIN_IMAGES_PER_SPECIES
@@ -704,7 +704,7 @@ def test_logits(model, checkpoint: dict | None, data, settings: CourseSettings, 
     features = data.test_features
     species = _species_of(checkpoint, data)
 
-    def compute():
+    def predict_test_images():
         if uses_frozen_backbone(checkpoint):
             logits = embed_and_predict(model, features, species, cache_dir=settings.artifacts.features,
                                        transform=embedding_transform(model.arch),
@@ -712,6 +712,17 @@ def test_logits(model, checkpoint: dict | None, data, settings: CourseSettings, 
             return logits, "the head over cached embeddings"
         loader = prediction_loader(model, features, settings)
         return predict_logits(model, loader, species=species, progress=progress), "the model over the images"
+
+    def compute():
+        try:
+            return predict_test_images()
+        except ImageLoadError as exc:
+            # The generic fix offers to drop the image's CSV row; a submission needs every test row.
+            raise ImageLoadError(
+                f"a test image cannot be read: {exc.problem}", path=exc.path, rows=exc.rows,
+                fix="extract it again from competition.zip (or rebuild the sample with `make sample`); every "
+                "test image needs a row in the submission, so its row cannot be left out",
+            ) from None
 
     return cached_logits(settings.artifacts.test_logits, model, data, "test", features.index, species, compute,
                          extra=_checkpoint_note(settings, checkpoint), say=print if verbose else None)

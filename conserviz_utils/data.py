@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torchvision.transforms as legacy_transforms
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 from torchvision.transforms import v2
 
 from conserviz_utils import SPECIES
@@ -688,6 +688,12 @@ class ImagesDataset(Dataset):
         except ImageLoadError as exc:
             if self.on_error == "skip":
                 return {"image_id": image_id, "error": str(exc)}
+            if get_worker_info() is not None:
+                # Raised in a loader worker, torch would re-raise it in the main process as one
+                # string holding the worker's whole traceback; sent as data, the batch check
+                # there (batches.raise_load_error) raises it whole: file, row and fix.
+                parts = {"problem": exc.problem, "path": str(exc.path) if exc.path else None, "fix": exc.fix}
+                return {"image_id": image_id, "load_error": {**parts, "rows": [image_id]}}
             raise ImageLoadError(exc.problem, path=exc.path, rows=[image_id], fix=exc.fix) from exc
         item = {"image_id": image_id, "image": self.transform(image)}
         if self.labels is not None:
@@ -720,7 +726,12 @@ def collate_images(batch: list[dict]) -> dict:
         A dict with ``image_id`` (list), ``image`` (N×3×H×W), ``label`` (N×C, with labels)
         and ``skipped``: a list of ``(image_id, reason)`` for items that failed to load.
         When every item failed, ``image_id`` is empty and ``image`` a tensor of length 0.
+        An image that failed in a loader worker with ``on_error="raise"`` makes the batch
+        carry only its ``load_error``, for `batches.raise_load_error` to raise.
     """
+    failed = [item["load_error"] for item in batch if "load_error" in item]
+    if failed:
+        return {"image_id": [], "image": torch.empty(0), "skipped": [], "load_error": failed[0]}
     good = [item for item in batch if "error" not in item]
     skipped = [(item["image_id"], item["error"]) for item in batch if "error" in item]
     collated = default_collate(good) if good else {"image_id": [], "image": torch.empty(0)}

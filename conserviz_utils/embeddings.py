@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from conserviz_utils.batches import raise_load_error
 from conserviz_utils.data import ImagesDataset, default_transform, make_loader
 from conserviz_utils.device import choose_precision, pick_device
 from conserviz_utils.errors import ConservizError, DataValidationError, ImageLoadError
@@ -436,6 +437,7 @@ def _embed_into(
     try:
         with torch.inference_mode(), autocast:
             for batch in tqdm(loader, desc="embeddings", unit="batch", disable=not progress, leave=False):
+                raise_load_error(batch)
                 images = batch["image"].to(device, non_blocking=True, memory_format=torch.channels_last)
                 embedding = backbone(images).float().cpu().numpy()
                 rows = [row_of[str(image_id)] for image_id in batch["image_id"]]

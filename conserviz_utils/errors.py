@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -44,6 +45,26 @@ class ConservizError(Exception):
         if fix:
             message += f". Fix: {fix}"
         super().__init__(message)
+
+    def _render_traceback_(self) -> list[str]:
+        """What a notebook shows (IPython's hook): the message, the learner's line, where it was raised.
+
+        The message already says the file, the rows and the fix; the library's stack would only
+        bury it. The full stack stays in ``sys.last_value`` for whoever wants it.
+        """
+        lines = [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
+        frames = traceback.extract_tb(self.__traceback__)
+        package = str(Path(__file__).resolve().parent)
+        # The learner's line is the last frame before the call went into conserviz_utils.
+        first_ours = next((i for i, f in enumerate(frames) if f.filename.startswith(package)), len(frames))
+        if first_ours > 0:
+            yours = frames[first_ours - 1]
+            lines.append(f"  your code, line {yours.lineno}: {(yours.line or '').strip()}")
+        if first_ours < len(frames):
+            raised = frames[-1]
+            lines.append(f"  raised in {Path(raised.filename).name}, line {raised.lineno}, in {raised.name}()")
+        lines.append("  (the full stack: import sys, traceback; traceback.print_exception(sys.last_value))")
+        return lines
 
 
 class DataValidationError(ConservizError, ValueError):

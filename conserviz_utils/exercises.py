@@ -24,7 +24,7 @@ import pandas as pd
 
 from conserviz_utils.errors import SubmissionError
 from conserviz_utils.labels import species_names
-from conserviz_utils.metrics import EPS
+from conserviz_utils.metrics import EPS, as_float_table
 
 __all__ = [
     "CORRECT",
@@ -450,17 +450,6 @@ def check_frozen_trainable(answer, arch: str = "resnet50", head: str = "seed"):
                        "then count the parameters that still train")
 
 
-def _table(values) -> np.ndarray | None:
-    """A 2-D float array of a tensor, frame or array; None when it is not a table of numbers."""
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    return array if array.ndim == 2 else None
-
-
 def check_softmax(probs, logits):
     """Exercise 03·2: softmax by hand, exp(logits) divided by each image's row sum.
 
@@ -471,8 +460,8 @@ def check_softmax(probs, logits):
     name = "Exercise 2 · softmax by hand"
     if probs is None:
         return _unanswered(name, "your probabilities (one row per image)")
-    z = _table(logits)
-    p = _table(probs)
+    z = as_float_table(logits)
+    p = as_float_table(probs)
     if p is None:
         return _hint(name, "give a table of numbers, one row per image and one column per species")
     if p.shape != z.shape:

@@ -90,7 +90,7 @@ def _true_classes(
     return positions, ids, list(classes)
 
 
-def _as_float_table(values) -> np.ndarray | None:
+def as_float_table(values) -> np.ndarray | None:
     """The values as a float (N, C) array when they are a 2-D table of numbers, else None."""
     if isinstance(values, pd.DataFrame):
         if not all(pd.api.types.is_numeric_dtype(values[c]) for c in values.columns):
@@ -111,10 +111,10 @@ def check_argument_order(labels, predictions, call: str) -> None:
     The sign: the first argument is a table holding numbers other than 0 and 1 (probabilities
     or logits), while the second is one label per image or a one-hot table.
     """
-    first = _as_float_table(labels)
+    first = as_float_table(labels)
     if first is None or first.size == 0 or np.isin(first, (0.0, 1.0)).all():
         return
-    second = _as_float_table(predictions)
+    second = as_float_table(predictions)
     if second is None:
         if hasattr(predictions, "detach"):  # a torch tensor
             predictions = predictions.detach().cpu().numpy()
@@ -435,6 +435,7 @@ def apply_temperature(logits, temperature: float):
 
 
 __all__ = [
+    "as_float_table",
     "check_argument_order",
     "EPS",
     "accuracy",

@@ -271,6 +271,30 @@ def test_unreadable_image_raises_naming_its_id(competition):
     assert caught.value.rows == ["ZJ000002"]
 
 
+@pytest.mark.parametrize("consumer", ["fit", "predict"])
+def test_an_unreadable_image_in_a_loader_worker_comes_back_whole(competition, consumer):
+    """Not torch's re-raise: one string holding the worker's traceback, with no .path or .rows."""
+    from torch import nn
+
+    from conserviz_utils.inference import predict
+    from conserviz_utils.train import fit
+
+    loaded = load_competition(competition)
+    (competition / "train_features" / "ZJ000005.jpg").write_bytes(b"not a jpeg")
+    dataset = ImagesDataset(loaded.train_features, loaded.train_labels, transform=default_transform(size=16))
+    loader = make_loader(dataset, batch_size=8, num_workers=1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, len(SPECIES)))
+    with pytest.raises(ImageLoadError) as caught:
+        if consumer == "fit":
+            fit(model, loader, epochs=1, progress=False)
+        else:
+            predict(model, loader, progress=False)
+    error = caught.value
+    assert error.rows == ["ZJ000005"] and error.path == competition / "train_features" / "ZJ000005.jpg"
+    assert "Traceback" not in str(error) and "worker process" not in str(error)
+    assert "not an image Pillow can read" in str(error) and "Fix: extract the image again" in str(error)
+
+
 def test_skip_policy_reports_unreadable_images_in_the_batch(competition):
     loaded = load_competition(competition)
     (competition / "train_features" / "ZJ000002.jpg").write_bytes(b"not a jpeg")

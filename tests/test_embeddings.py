@@ -199,6 +199,14 @@ def test_compute_embeddings_refuses_bad_features(few, tmp_path):
     with pytest.raises(ImageLoadError, match="missing") as excinfo:
         embed(TinyNet(), broken, tmp_path)
     assert "gone.jpg" in str(excinfo.value)
+    # The same from a loader worker: the error itself, not torch's re-raise of the worker's traceback.
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"not a jpeg")
+    broken.loc[broken.index[2], "path"] = str(garbage)
+    with pytest.raises(ImageLoadError, match="not an image Pillow can read") as excinfo:
+        embed(TinyNet(), broken, tmp_path, num_workers=1)
+    assert excinfo.value.rows == [str(broken.index[2])] and excinfo.value.path == garbage
+    assert "Traceback" not in str(excinfo.value)
     with pytest.raises(DataValidationError, match="duplicate ids"):
         embed(TinyNet(), pd.concat([few.iloc[:2], few.iloc[:1]]), tmp_path)
 
