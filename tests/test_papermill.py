@@ -34,12 +34,22 @@ def opening_cells(tmp_path: Path) -> Path:
     return path
 
 
+def this_interpreters_kernel(folder: Path) -> Path:
+    """A kernelspec running this interpreter, in a folder for JUPYTER_PATH (a machine's own "python3" may not)."""
+    spec = folder / "kernels" / "conserviz-test"
+    spec.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "conserviz test", "language": "python"}))
+    return folder
+
+
 def papermill(source: Path, out: Path, *parameters: str, env_quick: bool = True) -> subprocess.CompletedProcess:
-    """``papermill SOURCE OUT -p NAME VALUE …`` in this interpreter, on its own kernel."""
+    """``papermill SOURCE OUT -p NAME VALUE …`` on a kernel of this interpreter."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("CONSERVIZ_")}
+    env["JUPYTER_PATH"] = str(this_interpreters_kernel(source.parent / "jupyter"))
     if env_quick:
         env["CONSERVIZ_QUICK"] = "1"
-    command = [sys.executable, "-m", "papermill", str(source), str(out), "--kernel", "python3",
+    command = [sys.executable, "-m", "papermill", str(source), str(out), "--kernel", "conserviz-test",
                "--no-progress-bar", *parameters]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=source.parent)
 
