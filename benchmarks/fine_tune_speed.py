@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         images = torch.randn(BATCH, 3, side, side).to(memory_format=torch.channels_last)
         labels = torch.randint(0, 8, (BATCH,))
         runs[name] = {"model": model, "optimizer": optimizer, "images": images, "labels": labels, "seconds": []}
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" else nullcontext)
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" else nullcontext()
 
     def step(run: dict) -> float:
         started = time.perf_counter()

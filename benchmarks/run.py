@@ -76,7 +76,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: Every section results.json holds (tests/test_benchmark.py checks them all).
-SECTIONS = ("machine", "settings", "train", "inference", "input_pipeline", "end_to_end", "memory", "head_training", "targets")
+SECTIONS = ("machine", "settings", "train", "inference", "input_pipeline", "end_to_end", "memory", "head_training",
+            "embeddings", "targets")
 
 
 @dataclass(frozen=True)
@@ -94,14 +95,15 @@ class Settings:
     finetune: bool  # also measure one epoch of full fine-tuning after the head in (d)
     precision_image_size: int  # image side of the precision table's random tensors in (g)
     precision_steps: int  # timed steps per precision and layout in (g), after one warm-up step
+    embedding_images: int  # images each pipeline embeds in (i)
 
 
 FULL = Settings(n_train=2000, batch_size=32, predict_batch_size=64, train_batches=5, inference_batches=6,
                 pipeline_images=400, head_rows=16_000, head_epochs=30, finetune=True,
-                precision_image_size=224, precision_steps=3)
+                precision_image_size=224, precision_steps=3, embedding_images=640)
 QUICK = Settings(n_train=160, batch_size=4, predict_batch_size=8, train_batches=3, inference_batches=3,
                  pipeline_images=24, head_rows=16_000, head_epochs=1, finetune=False,
-                 precision_image_size=64, precision_steps=1)
+                 precision_image_size=64, precision_steps=1, embedding_images=48)
 
 #: (g) the precision table's rows: architecture, purpose, and which Settings batch it runs at.
 PRECISION_WORKLOADS = (
@@ -178,6 +180,9 @@ class Timed:
     def __init__(self, loader, limit: int) -> None:
         self.loader = loader
         self.limit = limit
+        # precision="auto" reads the loader's batch size to probe the workload; without it, it
+        # cannot measure and keeps the fp32 rule.
+        self.batch_size = getattr(loader, "batch_size", None)
         self.stamps: list[float] = []
         self.sizes: list[int] = []
 
@@ -250,7 +255,7 @@ def child_train(args: dict) -> dict:
         loader = make_loader(ImagesDataset(features, labels, default_transform()), batch_size=args["batch_size"], shuffle=True)
         timed = Timed(loader, args["batches"])
         history = fit(model, timed, epochs=1, device="cpu", precision="auto", seed=0, progress=False)
-        precision = history.attrs["precision"]
+        precision = f"{history.attrs['precision']}, {history.attrs['precision_source']}"
         del loader, timed.loader
     gc.collect()  # lets persistent loader workers exit, so their peak memory is counted
     return {"images_per_second": timed.steady_rate(), "precision": precision, "batch_size": args["batch_size"],
@@ -456,8 +461,44 @@ def child_course(args: dict) -> dict:
             "precision_cache_existed": precision_cached, "error": None}
 
 
+def child_embeddings(args: dict) -> dict:
+    """(i) embedding the same images: a walkthrough-style fp32 loop against ``compute_embeddings``.
+
+    Both run the course's backbone (EfficientNet-Lite0) in eval mode over the same images, from
+    a cold start (loader, first batch) to the last embedding. The walkthrough style: its dataset
+    (Pillow, Resize, ToTensor, Normalize), a DataLoader of 32 without workers, fp32, NCHW,
+    ``torch.no_grad``. conserviz: ``compute_embeddings`` as notebook 04 calls it, precision "auto"
+    (its once-per-machine probe is made first and not timed) and an empty cache folder.
+    """
+    from conserviz_utils.device import choose_precision
+    from conserviz_utils.embeddings import compute_embeddings
+    from conserviz_utils.models import build_model
+
+    data, ids = _load(args)
+    features = repeated(data.train_features.loc[ids], args["images"])
+    model = build_model("efficientnet_lite0", pretrained=False, seed=0)
+    if args["pipeline"] == "seed":
+        loader = DataLoader(SeedImagesDataset(features), batch_size=32)
+        backbone = model.backbone.eval()
+        started = time.perf_counter()
+        with torch.no_grad():
+            rows = sum(len(backbone(batch["image"])) for batch in loader)
+        seconds = time.perf_counter() - started
+        precision = "fp32"
+    else:
+        # The very call compute_embeddings makes, so its decision is remembered and not timed below.
+        choice = choose_precision("auto", "auto", model.backbone, 64, "inference", arch=model.arch)
+        cache = Path(tempfile.mkdtemp(dir=args["workdir"], prefix="embeddings-"))
+        started = time.perf_counter()
+        embeddings = compute_embeddings(model, features, cache_dir=cache, progress=False)
+        seconds = time.perf_counter() - started
+        rows, precision = len(embeddings.values), choice.precision
+    return {"images_per_second": rows / seconds, "seconds": seconds, "images": rows, "precision": precision}
+
+
 CHILDREN = {"train": child_train, "seed_recipe": child_seed_recipe, "course_recipe": child_course_recipe,
-            "precision": child_precision, "compile": child_compile, "course": child_course}
+            "precision": child_precision, "compile": child_compile, "course": child_course,
+            "embeddings": child_embeddings}
 
 
 def run_child(name: str, args: dict, env: dict | None = None, stream: bool = False) -> dict:
@@ -505,6 +546,8 @@ def measure_inference(features: pd.DataFrame, settings: Settings) -> dict:
     # predict notes its precision in .attrs once it is wired to the measured choice; until then it
     # asks pick_precision without a model, as below.
     precision = predicted.attrs.get("precision") or pick_precision("auto", "cpu", purpose="inference")
+    if predicted.attrs.get("precision_source"):
+        precision = f"{precision}, {predicted.attrs['precision_source']}"
     return {
         "seed": {"images_per_second": seed_timed.steady_rate(), "batch_size": settings.batch_size, "precision": "fp32"},
         "conserviz": {"images_per_second": ours_timed.steady_rate(), "batch_size": settings.predict_batch_size,
@@ -656,7 +699,9 @@ def evaluate_targets(results: dict) -> dict:
     """The issue's targets, each with its measured value and whether this run met it."""
     e2e = results["end_to_end"]
     targets = {
-        "train_speedup": {"value": results["train"]["speedup"], "target": ">= 5"},
+        # Issue 11's target where bf16 is the faster precision (issue 5 asked 5x, which assumed AMX).
+        "train_speedup": {"value": results["train"]["speedup"], "target": ">= 2.5"},
+        "embeddings_speedup": {"value": results["embeddings"]["speedup"], "target": ">= 3"},
         "inference_speedup": {"value": results["inference"]["speedup"], "target": ">= 3"},
         "input_pipeline_speedup_per_core": {"value": results["input_pipeline"]["speedup_per_core"], "target": ">= 2"},
         "end_to_end_time_fraction": {"value": e2e["time_fraction"], "target": "<= 0.2"},
@@ -665,7 +710,8 @@ def evaluate_targets(results: dict) -> dict:
         "training_rss_reported": {"value": results["memory"]["conserviz"]["main_mb"], "target": "reported"},
     }
     checks = {
-        "train_speedup": lambda v: v >= 5,
+        "train_speedup": lambda v: v >= 2.5,
+        "embeddings_speedup": lambda v: v >= 3,
         "inference_speedup": lambda v: v >= 3,
         "input_pipeline_speedup_per_core": lambda v: v >= 2,
         "end_to_end_time_fraction": lambda v: v <= 0.2,
@@ -735,6 +781,14 @@ def run_tables(results: dict, settings: Settings, data_dir: Path | None, workdir
     log("(f) head training on cached embeddings …")
     note_load("head_training")
     results["head_training"] = measure_head_training(settings)
+
+    log(f"(i) embedding {settings.embedding_images} images: walkthrough-style loop and compute_embeddings …")
+    note_load("embeddings")
+    options = {**common, "images": settings.embedding_images}
+    seed_embed = run_child("embeddings", {**options, "pipeline": "seed"})
+    ours_embed = run_child("embeddings", {**options, "pipeline": "conserviz"})
+    results["embeddings"] = {"seed": seed_embed, "conserviz": ours_embed,
+                             "speedup": ratio(ours_embed["images_per_second"], seed_embed["images_per_second"])}
     results["targets"] = evaluate_targets(results)
 
 
@@ -897,10 +951,11 @@ def comparison_table(results: dict) -> str:
         return "met" if targets[name]["met"] else "MISSED"
 
     rows = [
-        ("(a) ResNet50 training, images/s", f"{t['seed']['images_per_second']:.1f}", f"{t['conserviz']['images_per_second']:.1f}",
-         f"{t['speedup']:.1f}x", f">= 5x {mark('train_speedup')}"),
+        ("(a) ResNet50 training, images/s", f"{t['seed']['images_per_second']:.1f}",
+         f"{t['conserviz']['images_per_second']:.1f} ({t['conserviz']['precision']})",
+         f"{t['speedup']:.1f}x", f">= 2.5x {mark('train_speedup')}"),
         ("(b) ResNet50 inference, images/s", f"{inf['seed']['images_per_second']:.1f}",
-         f"{inf['conserviz']['images_per_second']:.1f}", f"{inf['speedup']:.1f}x", f">= 3x {mark('inference_speedup')}"),
+         f"{inf['conserviz']['images_per_second']:.1f} ({inf['conserviz']['precision']})", f"{inf['speedup']:.1f}x", f">= 3x {mark('inference_speedup')}"),
         ("(c) input pipeline, images/s per core", f"{pipe['seed_per_core']:.0f}", f"{pipe['conserviz_per_core']:.0f}",
          f"{pipe['speedup_per_core']:.1f}x", f">= 2x {mark('input_pipeline_speedup_per_core')}"),
         ("    ... from the image cache", "", f"{pipe['conserviz_cached_per_core']:.0f}", f"{pipe['cached_speedup_per_core']:.1f}x", ""),
@@ -923,6 +978,10 @@ def comparison_table(results: dict) -> str:
         (f"(f) head, {head['rows']:,} embeddings x {head['epochs']} epochs, s", "", f"{head['seconds']:.1f}", "",
          f"< 30 s {mark('head_training_seconds')}"),
     ]
+    emb = results["embeddings"]
+    rows.append((f"(i) embeddings, {emb['seed']['images']} images, images/s", f"{emb['seed']['images_per_second']:.1f}",
+                 f"{emb['conserviz']['images_per_second']:.1f} ({emb['conserviz']['precision']})",
+                 f"{emb['speedup']:.1f}x", f">= 3x {mark('embeddings_speedup')}"))
     if "train_vs_faster_precision" in targets:
         rows.append(("    (a) against the faster of (g)'s channels-last fp32 / bf16", "",
                      f"{targets['train_vs_faster_precision']['value']:.2f}x", "",

@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "fresh head); both: head then fine-tuning (default)")
     train.add_argument("--folds", type=int, metavar="K",
                        help="instead of one split: K-fold cross-validation of heads by site, with the "
-                            "test predictions of all K heads (OUT/cv_*.csv; needs conserviz_utils.cv)")
+                            "test predictions of all K heads (OUT/cv_*.csv)")
     train.add_argument("--resume", action="store_true",
                        help="continue an interrupted fine-tuning from OUT/fine_tune_resume.pt")
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="submit these probabilities (e.g. from `conserviz predict`) instead of predicting")
 
     course = command(
-        "course", "run the six notebooks headless (what `make course` runs)",
+        "course", "run every notebook of the course headless (what `make course` runs)",
         "Execute the course notebooks in fresh kernels, in order, keep the executed copies under "
         "OUTPUTS/executed and print the headline figures.",
         _example("conserviz course --quick", "conserviz course --data data/competition --outputs outputs"),

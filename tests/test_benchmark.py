@@ -59,6 +59,15 @@ def test_quick_benchmark_writes_every_section(tmp_path):
         assert _positive(e2e[recipe]["wall_seconds"]) and _positive(e2e[recipe]["eval_log_loss"])
     assert e2e["course"]["rerun_with_cached_embeddings"]["reused"] is True
     assert results["head_training"]["rows"] == 16_000 and _positive(results["head_training"]["seconds"])
+    # (a) and (b) time fit and predict at precision "auto": it must have measured the workload (the
+    # timing wrapper passes the loader's batch size on), not fallen back to the fp32 rule.
+    from conserviz_utils.device import cpu_supports_bf16
+
+    if cpu_supports_bf16():
+        assert results["train"]["conserviz"]["precision"].split(", ")[1] in ("measured", "cached")
+        assert results["inference"]["conserviz"]["precision"].split(", ")[1] in ("measured", "cached")
+    for pipeline in ("seed", "conserviz"):  # (i) the same images embedded both ways
+        assert results["embeddings"][pipeline]["images"] == 48 and _positive(results["embeddings"][pipeline]["seconds"])
     assert all(isinstance(target["met"], bool) for target in results["targets"].values())
 
     # (g) the precision table: every row measured, auto's pick one of the two it measured.
@@ -75,7 +84,7 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     # course sections of the same run remember their own decisions in the run's cache folder.
 
     # The printed table names every measurement, and the CPU.
-    for label in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "log loss", "CL bf16", "auto picks"):
+    for label in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "(i)", "log loss", "CL bf16", "auto picks"):
         assert label in done.stdout
     assert machine["cpu"] and f"{machine['cpu']} (" in done.stdout
 
