@@ -34,7 +34,7 @@ from conserviz_utils.course import (  # noqa: E402
     score_head,
     train_head,
 )
-from conserviz_utils.models import build_model  # noqa: E402
+from conserviz_utils.models import build_model, unfreeze  # noqa: E402
 from conserviz_utils.recipe import Recipe  # noqa: E402
 from conserviz_utils.settings import CourseSettings  # noqa: E402
 from conserviz_utils.train import fit  # noqa: E402
@@ -55,9 +55,7 @@ def freeze_prefix(model, frozen_blocks: int) -> list[torch.nn.Module]:
     """Train everything but the stem and the first ``frozen_blocks`` blocks; returns the frozen modules."""
     backbone = model.backbone
     frozen = [backbone._conv_stem, backbone._bn0, *backbone._blocks[:frozen_blocks]]
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
-    model._backbone_frozen = False  # what models.unfreeze does, before part of it is frozen again
+    unfreeze(model)  # the course's stage-2 switch, then part of the backbone is frozen again
     for module in frozen:
         module.requires_grad_(False)
     return frozen
