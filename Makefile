@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 # The headless runner: progress, section headings and ETAs in the terminal; Ctrl-C stops it
 # promptly (and says how to resume fine-tuning); a dead kernel ends it with the likely cause.
 course: $(STAMP)
-	$(BIN)/python -m conserviz_utils.runner
+	$(BIN)/python -m conserviz_utils.tools.runner
 
 test: unit notebooks
 
@@ -35,7 +35,7 @@ notebooks: $(STAMP)
 # The exercises' placeholders (in notebooks/) and solved copies (notebooks/solutions/), written
 # from notebooks/solutions/source/: run it after editing an exercise or re-running a notebook.
 solutions: $(STAMP)
-	$(BIN)/python -m conserviz_utils.solutions
+	$(BIN)/python -m conserviz_utils.teaching.solutions
 
 # Containers, JupyterHub images and CI machines run as root: Jupyter refuses that unless told.
 lab: $(STAMP)
@@ -45,7 +45,7 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 sample: $(STAMP)
-	$(BIN)/python -m conserviz_utils.sample --out data/sample
+	$(BIN)/python -m conserviz_utils.tools.sample --out data/sample
 
 # Everything here is rebuilt on demand: the outputs (models, caches, executed notebooks) and the
 # generated samples. Says what it frees first.

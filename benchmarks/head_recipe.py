@@ -36,15 +36,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from conserviz_utils.callbacks import Callback
-from conserviz_utils.course import (
+from conserviz_utils.course.steps import (
     EVAL_SHARE,
     embedding_transform,
     holdout_split,
     training_ids,
 )
 from conserviz_utils.data import load_competition
-from conserviz_utils.embeddings import compute_embeddings
-from conserviz_utils.features import (
+from conserviz_utils.course.embeddings import compute_embeddings
+from conserviz_utils.course.features import (
     fit_head,
     predict_from_embeddings,
     predict_logits_from_embeddings,
@@ -56,7 +56,7 @@ from conserviz_utils.metrics import (
     log_loss,
 )
 from conserviz_utils.models import build_model
-from conserviz_utils.recipe import Recipe
+from conserviz_utils.course.recipe import Recipe
 from conserviz_utils.split import split_by_site
 
 #: Head recipes to compare: name → Recipe fields changed from the baseline (issue 11's defaults:
@@ -137,7 +137,7 @@ def dataset(name: str, args) -> Path:
         return Path(args.full_data)
     folder = Path(args.sample_data) if args.sample_data else Path(args.workdir) / "sample"
     if not (folder / "conserviz-sample.json").is_file():
-        from conserviz_utils.sample import generate_sample
+        from conserviz_utils.tools.sample import generate_sample
 
         print(f"generating the 2,000-image sample into {folder} …", flush=True)
         generate_sample(folder, n_train=2000, n_test=500, seed=0, progress=False)

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conserviz_utils.callbacks import Callback  # noqa: E402
-from conserviz_utils.course import (  # noqa: E402
+from conserviz_utils.course.steps import (  # noqa: E402
     embed_images,
     ensure_splits,
     load_course_data,
@@ -35,8 +35,8 @@ from conserviz_utils.course import (  # noqa: E402
     train_head,
 )
 from conserviz_utils.models import build_model, unfreeze  # noqa: E402
-from conserviz_utils.recipe import Recipe  # noqa: E402
-from conserviz_utils.settings import CourseSettings  # noqa: E402
+from conserviz_utils.course.recipe import Recipe  # noqa: E402
+from conserviz_utils.course.settings import CourseSettings  # noqa: E402
 from conserviz_utils.train import fit  # noqa: E402
 
 

@@ -17,13 +17,13 @@ import json
 import time
 from pathlib import Path
 
-from conserviz_utils.course import (
+from conserviz_utils.course.steps import (
     ensure_splits,
     evaluate_checkpoint,
     load_course_data,
     train_default_recipe,
 )
-from conserviz_utils.settings import CourseSettings
+from conserviz_utils.course.settings import CourseSettings
 
 
 def main() -> None:

@@ -299,17 +299,17 @@ def child_course_recipe(args: dict) -> dict:
     ``train_head`` trains the head on the train embeddings of the site split; optionally
     ``fine_tune`` then trains the whole network for one epoch.
     """
-    from conserviz_utils.course import (
+    from conserviz_utils.course.steps import (
         embed_images,
         fine_tune,
         make_loaders,
         train_head,
     )
-    from conserviz_utils.features import fit_head, predict_from_embeddings
+    from conserviz_utils.course.features import fit_head, predict_from_embeddings
     from conserviz_utils.metrics import accuracy, log_loss
     from conserviz_utils.models import build_model
-    from conserviz_utils.recipe import Recipe
-    from conserviz_utils.settings import CourseSettings
+    from conserviz_utils.course.recipe import Recipe
+    from conserviz_utils.course.settings import CourseSettings
 
     data, _ = _load(args)
     splits = (pd.Index(args["train_ids"], name="id"), pd.Index(args["eval_ids"], name="id"))
@@ -389,7 +389,7 @@ def child_precision(args: dict) -> dict:
     ``choose_precision`` with the cache off makes the channels-last measurement itself — it is
     exactly what ``precision="auto"`` would measure on first use — and its pick is the last column.
     """
-    from conserviz_utils.device import choose_precision, time_precisions
+    from conserviz_utils.runtime.device import choose_precision, time_precisions
     from conserviz_utils.models import build_model
 
     model = build_model(args["arch"], pretrained=False, head="seed", seed=0)
@@ -416,7 +416,7 @@ def child_compile(args: dict) -> dict:
     Runs in a process whose inductor cache folder is given (fresh: a cold compile, as on a
     learner's first run; reused: a warm one, as on a re-run).
     """
-    from conserviz_utils.device import autocast, maybe_compile
+    from conserviz_utils.runtime.device import autocast, maybe_compile
     from conserviz_utils.models import build_model
 
     cpu = torch.device("cpu")
@@ -443,8 +443,8 @@ def child_course(args: dict) -> dict:
     The kernels see the data and output folders through the ``CONSERVIZ_*`` environment that
     ``run_child`` set; the runner's progress lines go to stderr (the terminal).
     """
-    from conserviz_utils.device import precision_cache_path
-    from conserviz_utils.runner import run_notebooks
+    from conserviz_utils.runtime.device import precision_cache_path
+    from conserviz_utils.tools.runner import run_notebooks
 
     outputs = Path(args["outputs"])
     shutil.rmtree(outputs, ignore_errors=True)  # a cold start: nothing computed yet
@@ -470,8 +470,8 @@ def child_embeddings(args: dict) -> dict:
     ``torch.no_grad``. conserviz: ``compute_embeddings`` as notebook 04 calls it, precision "auto"
     (its once-per-machine probe is made first and not timed) and an empty cache folder.
     """
-    from conserviz_utils.device import choose_precision
-    from conserviz_utils.embeddings import compute_embeddings
+    from conserviz_utils.runtime.device import choose_precision
+    from conserviz_utils.course.embeddings import compute_embeddings
     from conserviz_utils.models import build_model
 
     data, ids = _load(args)
@@ -530,7 +530,7 @@ def run_child(name: str, args: dict, env: dict | None = None, stream: bool = Fal
 def measure_inference(features: pd.DataFrame, settings: Settings) -> dict:
     """(b) ResNet50 inference images/s: the seed's no_grad loop against ``train.predict``."""
     from conserviz_utils.data import ImagesDataset, default_transform, make_loader
-    from conserviz_utils.device import pick_precision
+    from conserviz_utils.runtime.device import pick_precision
     from conserviz_utils.models import build_model
     from conserviz_utils.train import predict
 
@@ -605,7 +605,7 @@ def measure_input_pipeline(features: pd.DataFrame, settings: Settings, workdir: 
 
 def measure_head_training(settings: Settings) -> dict:
     """(f) seconds to train the seed head on ``head_rows`` random 1,280-dim embeddings."""
-    from conserviz_utils.features import fit_head
+    from conserviz_utils.course.features import fit_head
     from conserviz_utils.models import build_model
 
     rng = np.random.default_rng(0)
@@ -627,7 +627,7 @@ def measure_head_training(settings: Settings) -> dict:
 
 def lscpu_model_name() -> str:
     """The CPU's model name as ``lscpu`` prints it (the package's reading where lscpu is missing)."""
-    from conserviz_utils.device import cpu_model_name
+    from conserviz_utils.runtime.device import cpu_model_name
 
     try:
         listing = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False,
@@ -643,7 +643,7 @@ def lscpu_model_name() -> str:
 
 def machine_info() -> dict:
     """What the figures were measured on."""
-    from conserviz_utils.device import choose_precision, cpu_bf16_support, cpu_identity
+    from conserviz_utils.runtime.device import choose_precision, cpu_bf16_support, cpu_identity
 
     try:
         cores = len(os.sched_getaffinity(0))
@@ -675,7 +675,7 @@ def machine_info() -> dict:
 
 def prepare_data(data_dir: Path | None, workdir: Path, settings: Settings, progress: bool) -> tuple[Path, float]:
     """The sample to measure on: the one given, or a fresh one generated in the work folder."""
-    from conserviz_utils.sample import generate_sample
+    from conserviz_utils.tools.sample import generate_sample
 
     if data_dir is not None:
         return data_dir, 0.0
@@ -859,7 +859,7 @@ def cached_sample(folder: Path, n_train: int, n_test: int, progress: bool) -> tu
     Returns:
         (folder, seconds spent generating, whether an existing one was reused).
     """
-    from conserviz_utils.sample import GENERATOR_VERSION, generate_sample, sample_marker
+    from conserviz_utils.tools.sample import GENERATOR_VERSION, generate_sample, sample_marker
 
     marker = sample_marker(folder) or {}
     wanted = {"generator_version": GENERATOR_VERSION, "n_train": n_train, "n_test": n_test, "seed": 0,
@@ -872,7 +872,7 @@ def cached_sample(folder: Path, n_train: int, n_test: int, progress: bool) -> tu
 
 def sample_folder(root: Path, n_train: int, n_test: int) -> Path:
     """Where a sample of that size is kept: data/sample is the course's own 2,000 / 500 one."""
-    from conserviz_utils.sample import REAL_N_TEST, REAL_N_TRAIN
+    from conserviz_utils.tools.sample import REAL_N_TEST, REAL_N_TRAIN
 
     if (n_train, n_test) == (2000, 500):
         return root / "sample"
@@ -1071,7 +1071,7 @@ def table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from conserviz_utils.sample import REAL_N_TEST, REAL_N_TRAIN
+    from conserviz_utils.tools.sample import REAL_N_TEST, REAL_N_TRAIN
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a reduced run (fewer images and batches)")

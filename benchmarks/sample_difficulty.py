@@ -37,7 +37,7 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conserviz_utils import SPECIES  # noqa: E402
-from conserviz_utils.sample import generate_sample  # noqa: E402
+from conserviz_utils.tools.sample import generate_sample  # noqa: E402
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

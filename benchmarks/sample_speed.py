@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conserviz_utils.sample import DETECTIONS_NAME, generate_sample, plan_sample  # noqa: E402
+from conserviz_utils.tools.sample import DETECTIONS_NAME, generate_sample, plan_sample  # noqa: E402
 
 #: MegaDetector 5's recommended threshold: a box at or above it counts as a found animal.
 THRESHOLD = 0.2

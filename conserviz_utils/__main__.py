@@ -2,7 +2,7 @@
 
 import sys
 
-from conserviz_utils.cli import main
+from conserviz_utils.tools.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

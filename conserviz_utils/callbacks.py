@@ -47,7 +47,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from conserviz_utils.batches import first_ids, loader_length
+from conserviz_utils.runtime.batches import first_ids, loader_length
 from conserviz_utils.errors import TrainingError
 
 if TYPE_CHECKING:  # the loop imports this module; the type is only for annotations

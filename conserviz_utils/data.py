@@ -18,8 +18,8 @@ from torchvision.transforms import v2
 
 from conserviz_utils import SPECIES
 from conserviz_utils.errors import DataValidationError, ImageLoadError
-from conserviz_utils.image_cache import ImageCache
-from conserviz_utils.images import as_size, open_image
+from conserviz_utils.files.image_cache import ImageCache
+from conserviz_utils.files.images import as_size, open_image
 from conserviz_utils.labels import one_hot_faults, species_names
 
 __all__ = [
@@ -856,7 +856,7 @@ def _project_root() -> Path:
 
 def _is_complete_sample(folder: Path) -> bool:
     """A finished sample build by this generator version (its marker is written last)."""
-    from conserviz_utils.sample import GENERATOR_VERSION, sample_marker
+    from conserviz_utils.tools.sample import GENERATOR_VERSION, sample_marker
 
     marker = sample_marker(folder)
     # A sample from an older generator is rebuilt, so every learner sees the same images.
@@ -869,7 +869,7 @@ def _is_complete_sample(folder: Path) -> bool:
 
 def _build_sample(folder: Path, settings: dict, progress: bool) -> None:
     """Generate the sample into ``folder`` (the generator refuses a folder of other files)."""
-    from conserviz_utils.sample import generate_sample  # only needed on first use
+    from conserviz_utils.tools.sample import generate_sample  # only needed on first use
 
     generate_sample(folder, seed=0, progress=progress, **settings)
 

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from conserviz_utils import SPECIES
-from conserviz_utils.batches import (
+from conserviz_utils.runtime.batches import (
     BATCH_LAYOUT_FIX,
     batch_size,
     check_batch,
@@ -26,8 +26,8 @@ from conserviz_utils.batches import (
     loader_length,
     to_device,
 )
-from conserviz_utils.device import autocast, choose_precision, pick_device
-from conserviz_utils.distributed import gather_objects, gather_predictions
+from conserviz_utils.runtime.device import autocast, choose_precision, pick_device
+from conserviz_utils.runtime.distributed import gather_objects, gather_predictions
 from conserviz_utils.errors import TrainingError
 from conserviz_utils.metrics import accuracy, apply_temperature, log_loss
 
@@ -154,7 +154,7 @@ def predict_logits(
         loader: Batches as dicts with "image_id" and "image" (labels, if any, are ignored).
         tta: Test-time augmentation: average the logits of each image and its mirror image.
         device: "auto", "cpu", "cuda", ... (see :func:`pick_device`).
-        precision: "auto", "fp32", "bf16" or "fp16" (see :func:`conserviz_utils.device.choose_precision`).
+        precision: "auto", "fp32", "bf16" or "fp16" (see :func:`conserviz_utils.runtime.device.choose_precision`).
         species: The column names, in the order of the model's outputs.
         progress: Show a progress bar.
 

@@ -25,7 +25,7 @@ from PIL import Image
 from sklearn.metrics import ConfusionMatrixDisplay
 
 from conserviz_utils.errors import DataValidationError, ImageLoadError
-from conserviz_utils.images import open_image
+from conserviz_utils.files.images import open_image
 from conserviz_utils.labels import species_names
 from conserviz_utils.metrics import check_argument_order
 from conserviz_utils.split import species_order

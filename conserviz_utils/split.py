@@ -23,7 +23,7 @@ from sklearn.model_selection import train_test_split
 
 from conserviz_utils import SPECIES
 from conserviz_utils.errors import DataValidationError
-from conserviz_utils.fileio import atomic_write_csv
+from conserviz_utils.files.fileio import atomic_write_csv
 from conserviz_utils.labels import species_names
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from conserviz_utils.errors import SubmissionError
-from conserviz_utils.fileio import atomic_writer
+from conserviz_utils.files.fileio import atomic_writer
 
 #: How far a row's probabilities may sum from 1.
 ROW_SUM_TOLERANCE = 1e-6

@@ -12,17 +12,17 @@ evaluation, and keeps the position a checkpoint needs. Everything else is a call
 * ``progress`` → :class:`~conserviz_utils.callbacks.ProgressBars`
 * always: :class:`~conserviz_utils.callbacks.History` and the NaN/inf loss guard.
 
-**Device and precision** (:mod:`conserviz_utils.device`): ``device="auto"`` picks a CUDA GPU,
+**Device and precision** (:mod:`conserviz_utils.runtime.device`): ``device="auto"`` picks a CUDA GPU,
 then Apple's MPS, then the CPU; the model and image batches use the channels-last layout.
-**Interrupts** (:mod:`conserviz_utils.interrupts`): Ctrl-C, the notebook's stop button and SIGTERM
+**Interrupts** (:mod:`conserviz_utils.runtime.interrupts`): Ctrl-C, the notebook's stop button and SIGTERM
 stop training at the next batch boundary, write a resumable checkpoint and return the history so
 far with ``history.attrs["interrupted"] = True``; a second Ctrl-C stops at once, but never inside
-an optimizer step. **Exact resume** (:mod:`conserviz_utils.resume`): ``fit(..., resume_from=path)``
+an optimizer step. **Exact resume** (:mod:`conserviz_utils.runtime.resume`): ``fit(..., resume_from=path)``
 re-draws the same shuffle, skips the batches already done and restores the random states and
 every callback's state; on a CPU with a fixed seed and ``num_workers=0`` an interrupted and
 resumed run ends with the same weights as an uninterrupted one.
 **Several GPUs**: wrap the model in ``DistributedDataParallel`` under ``torchrun`` (see
-:mod:`conserviz_utils.distributed`); evaluation then covers every rank's images and only rank 0
+:mod:`conserviz_utils.runtime.distributed`); evaluation then covers every rank's images and only rank 0
 writes checkpoints.
 """
 
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from conserviz_utils import SPECIES
-from conserviz_utils.batches import batch_size, check_batch, to_device
+from conserviz_utils.runtime.batches import batch_size, check_batch, to_device
 from conserviz_utils.callbacks import (
     HISTORY_COLUMNS,
     Callback,
@@ -50,8 +50,8 @@ from conserviz_utils.callbacks import (
     ProgressBars,
     as_early_stopping,
 )
-from conserviz_utils.checkpoint import resume_state, save_checkpoint
-from conserviz_utils.device import (
+from conserviz_utils.runtime.checkpoint import resume_state, save_checkpoint
+from conserviz_utils.runtime.device import (
     PRECISIONS,
     PrecisionChoice,
     autocast,
@@ -60,7 +60,7 @@ from conserviz_utils.device import (
     pick_device,
     pick_precision,
 )
-from conserviz_utils.distributed import (
+from conserviz_utils.runtime.distributed import (
     any_rank,
     is_distributed,
     is_main_process,
@@ -68,8 +68,8 @@ from conserviz_utils.distributed import (
 )
 from conserviz_utils.errors import CheckpointError, TrainingError
 from conserviz_utils.inference import evaluate, predict, predict_logits
-from conserviz_utils.interrupts import StopSignals
-from conserviz_utils.resume import (
+from conserviz_utils.runtime.interrupts import StopSignals
+from conserviz_utils.runtime.resume import (
     Position,
     ShuffleControl,
     draw_seed,
@@ -474,7 +474,7 @@ def fit(
             ``device`` (channels-last) and trained in place.
         train_loader: Batches as dicts with "image" (N, 3, H, W), "label" (one-hot, N x classes,
             or class numbers) and "image_id"; ``data.make_loader`` builds them. A DataLoader's
-            shuffling is seeded by ``fit`` (see :mod:`conserviz_utils.resume`).
+            shuffling is seeded by ``fit`` (see :mod:`conserviz_utils.runtime.resume`).
         eval_loader: Labelled batches scored after every epoch (eval loss, accuracy, log loss).
         epochs: Total number of epochs of the run. When resuming, the epochs already done count:
             re-running the same call with ``resume_from`` finishes the same run.
@@ -485,7 +485,7 @@ def fit(
         scheduler: A learning-rate scheduler, stepped after every batch; ``ReduceLROnPlateau``
             is stepped once per epoch with the eval log loss.
         device: "auto", "cpu", "cuda", "cuda:1", "mps" or a torch.device.
-        precision: "auto", "fp32", "bf16" or "fp16" (:func:`conserviz_utils.device.choose_precision`: on a CPU, measured).
+        precision: "auto", "fp32", "bf16" or "fp16" (:func:`conserviz_utils.runtime.device.choose_precision`: on a CPU, measured).
         clip_grad_norm: Clip the gradients' total norm to this before each step (the norm
             before clipping is recorded in the ``grad_norm`` column).
         early_stopping: A patience (epochs without a better eval log loss) or an

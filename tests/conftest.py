@@ -16,7 +16,7 @@ SHARED = PROJECT_ROOT.parent / "shared"
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     """A small sample dataset (quarter-size images), generated once per test session."""
-    from conserviz_utils.sample import generate_sample
+    from conserviz_utils.tools.sample import generate_sample
 
     out = tmp_path_factory.mktemp("sample") / "sample"
     generate_sample(out, n_train=160, n_test=40, seed=0, image_scale=0.25, progress=False)

@@ -71,7 +71,7 @@ def test_there_is_no_import_cycle():
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)) and node.lineno not in skip:
                 for target, names in imports_of(name, ast.Module(body=[node], type_ignores=[])):
-                    # "from conserviz_utils.sample import plan" names a submodule, not a value.
+                    # "from conserviz_utils.tools.sample import plan" names a submodule, not a value.
                     for imported in names:
                         if f"{target}.{imported}" in parsed:
                             edges.add(f"{target}.{imported}")

@@ -61,7 +61,7 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     assert results["head_training"]["rows"] == 16_000 and _positive(results["head_training"]["seconds"])
     # (a) and (b) time fit and predict at precision "auto": it must have measured the workload (the
     # timing wrapper passes the loader's batch size on), not fallen back to the fp32 rule.
-    from conserviz_utils.device import cpu_supports_bf16
+    from conserviz_utils.runtime.device import cpu_supports_bf16
 
     if cpu_supports_bf16():
         assert results["train"]["conserviz"]["precision"].split(", ")[1] in ("measured", "cached")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conserviz_utils.callbacks import EVENTS, Callback, EarlyStopping, LRScheduler
-from conserviz_utils.checkpoint import resume_state
-from conserviz_utils.features import fit_head
+from conserviz_utils.runtime.checkpoint import resume_state
+from conserviz_utils.course.features import fit_head
 from conserviz_utils.train import fit
 from test_train import QUIET, assert_same_weights, make_data, make_loader, one_thread, tiny_model, weights  # noqa: F401
 

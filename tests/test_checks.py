@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conserviz_utils import ConservizError
-from conserviz_utils.checks import (
+from conserviz_utils.course.checks import (
     OutcomeCheckError,
     SharedSiteWarning,
     require,

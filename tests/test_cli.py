@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conserviz_utils import cli
-from conserviz_utils.recipe import Recipe
+from conserviz_utils.tools import cli
+from conserviz_utils.course.recipe import Recipe
 
 COMMANDS = ("sample", "embed", "train", "evaluate", "predict", "submit", "course")
 
@@ -38,7 +38,7 @@ def run_module(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProce
 @pytest.fixture(scope="module")
 def tiny_sample(tmp_path_factory) -> Path:
     """96 train and 16 test images at quarter size: the fewest that still leave 8 per species to train on."""
-    from conserviz_utils.sample import generate_sample
+    from conserviz_utils.tools.sample import generate_sample
 
     out = tmp_path_factory.mktemp("cli") / "sample"
     generate_sample(out, n_train=96, n_test=16, seed=0, image_scale=0.25, workers=1, progress=False)
@@ -160,7 +160,7 @@ def test_a_bad_config_file_exits_1_naming_it(tiny_sample, tmp_path):
 
 
 def test_train_head_writes_the_model_and_the_recipe_that_repeats_it(head_run):
-    from conserviz_utils.checkpoint import resume_state
+    from conserviz_utils.runtime.checkpoint import resume_state
 
     out, (code, stdout, stderr) = head_run
     assert code == 0, stderr
@@ -264,7 +264,7 @@ def test_devices_beyond_the_gpus_is_a_usage_error(tiny_sample, tmp_path, monkeyp
 
 
 def test_course_runs_the_notebook_runner(monkeypatch, tmp_path):
-    from conserviz_utils import runner
+    from conserviz_utils.tools import runner
 
     seen = {}
     monkeypatch.setattr(runner, "main", lambda argv: seen.setdefault("argv", argv) and 0)

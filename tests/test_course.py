@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from conserviz_utils import SPECIES
-from conserviz_utils.course import (
+from conserviz_utils.course.steps import (
     check_training_set,
     compare_splits,
     ensure_splits,
@@ -26,10 +26,10 @@ from conserviz_utils.course import (
     train_head,
     training_ids,
 )
-from conserviz_utils.embeddings import Embeddings
+from conserviz_utils.course.embeddings import Embeddings
 from conserviz_utils.errors import DataValidationError
-from conserviz_utils.recipe import Recipe
-from conserviz_utils.settings import CourseSettings
+from conserviz_utils.course.recipe import Recipe
+from conserviz_utils.course.settings import CourseSettings
 from conserviz_utils.split import Split, load_splits, save_splits, split_stratified
 
 
@@ -219,7 +219,7 @@ def test_save_metrics_is_atomic_and_leaves_no_temp_file(tmp_path):
 @pytest.fixture(scope="module")
 def trained(sample_dir, tmp_path_factory):
     """The default recipe run once, small: a real model, one short fine-tuning epoch."""
-    from conserviz_utils.course import ensure_checkpoint
+    from conserviz_utils.course.steps import ensure_checkpoint
 
     out = tmp_path_factory.mktemp("trained")
     settings = CourseSettings(data_dir=sample_dir, output_dir=out / "outputs", epochs=1, head_epochs=3,
@@ -230,7 +230,7 @@ def trained(sample_dir, tmp_path_factory):
 
 
 def test_later_notebooks_rebuild_the_model_and_metrics_when_04_was_skipped(trained):
-    from conserviz_utils.course import ensure_metrics
+    from conserviz_utils.course.steps import ensure_metrics
 
     data, split, settings, checkpoint = trained
     assert checkpoint.is_file()
@@ -248,8 +248,8 @@ def test_later_notebooks_rebuild_the_model_and_metrics_when_04_was_skipped(train
 
 
 def test_a_head_only_run_keeps_the_head_and_saves_its_recipe(trained, tmp_path):
-    from conserviz_utils.checkpoint import load_checkpoint
-    from conserviz_utils.course import train_default_recipe
+    from conserviz_utils.runtime.checkpoint import load_checkpoint
+    from conserviz_utils.course.steps import train_default_recipe
 
     data, split, settings, _ = trained
     head_only = CourseSettings(data_dir=settings.data_dir, output_dir=tmp_path / "outputs", epochs=0,
@@ -269,7 +269,7 @@ def test_python_m_course_still_starts_the_course_runner():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "conserviz_utils.course", "--help"],
+    done = subprocess.run([sys.executable, "-m", "conserviz_utils.course.steps", "--help"],
                           check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "conserviz_utils.runner" in done.stdout and "--quick" in done.stdout
+    assert "conserviz_utils.tools.runner" in done.stdout and "--quick" in done.stdout

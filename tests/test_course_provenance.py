@@ -10,14 +10,14 @@ import shutil
 import pandas as pd
 import pytest
 
-from conserviz_utils import course
-from conserviz_utils.checkpoint import load_checkpoint
+from conserviz_utils.course.steps import steps
+from conserviz_utils.runtime.checkpoint import load_checkpoint
 from conserviz_utils.errors import DataValidationError
 from conserviz_utils.metrics import apply_temperature
-from conserviz_utils.provenance import artifact_fingerprint, read_sidecar, sidecar_path
-from conserviz_utils.recipe import Recipe
-from conserviz_utils.sample import generate_sample
-from conserviz_utils.settings import CourseSettings
+from conserviz_utils.course.provenance import artifact_fingerprint, read_sidecar, sidecar_path
+from conserviz_utils.course.recipe import Recipe
+from conserviz_utils.tools.sample import generate_sample
+from conserviz_utils.course.settings import CourseSettings
 from conserviz_utils.split import save_splits, split_by_site
 from conserviz_utils.submission import make_submission
 

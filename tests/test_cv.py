@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from conserviz_utils import SPECIES, DataValidationError
-from conserviz_utils.cv import cross_validate, random_folds
-from conserviz_utils.embeddings import Embeddings
-from conserviz_utils.ensemble import compare_blends
+from conserviz_utils.climb.cv import cross_validate, random_folds
+from conserviz_utils.course.embeddings import Embeddings
+from conserviz_utils.climb.ensemble import compare_blends
 from conserviz_utils.metrics import apply_temperature, log_loss
-from conserviz_utils.recipe import Recipe
+from conserviz_utils.course.recipe import Recipe
 from conserviz_utils.split import site_folds
 
 DIM = 8

@@ -167,7 +167,7 @@ def test_generated_sample_loads_and_validates(sample_dir):
 
 
 def test_sample_marker_name_matches_the_generator():
-    from conserviz_utils.sample import MARKER_NAME
+    from conserviz_utils.tools.sample import MARKER_NAME
 
     assert data.SAMPLE_MARKER == MARKER_NAME
 
@@ -514,9 +514,9 @@ def fake_generator(monkeypatch):
         marker = {"generator": sample.GENERATOR_NAME, "generator_version": sample.GENERATOR_VERSION}
         (Path(out) / data.SAMPLE_MARKER).write_text(json.dumps(marker))
 
-    import conserviz_utils.sample
+    import conserviz_utils.tools.sample
 
-    monkeypatch.setattr(conserviz_utils.sample, "generate_sample", generate_sample)
+    monkeypatch.setattr(conserviz_utils.tools.sample, "generate_sample", generate_sample)
     return calls
 
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from conserviz_utils.errors import ImageLoadError
-from conserviz_utils.images import describe_images, is_night_shot
+from conserviz_utils.files.images import describe_images, is_night_shot
 
 
 def _save(path, array):

@@ -14,7 +14,7 @@ from torch import nn
 
 from conserviz_utils import DataValidationError, ImageLoadError
 from conserviz_utils.data import ImagesDataset, default_transform, load_competition
-from conserviz_utils.detections import (
+from conserviz_utils.climb.detections import (
     BOX_COLUMNS,
     DETECTIONS_FILE,
     best_animal_boxes,
@@ -26,7 +26,7 @@ from conserviz_utils.detections import (
     with_crops,
     write_crops,
 )
-from conserviz_utils.embeddings import Embeddings, compute_embeddings
+from conserviz_utils.course.embeddings import Embeddings, compute_embeddings
 
 # --- helpers -----------------------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from conserviz_utils import device as device_module
-from conserviz_utils.device import (
+from conserviz_utils.runtime import device as device_module
+from conserviz_utils.runtime.device import (
     PrecisionChoice,
     choose_precision,
     cpu_bf16_support,

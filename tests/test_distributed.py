@@ -248,7 +248,7 @@ def test_eval_log_loss_is_that_of_the_whole_eval_set(two_processes, one_process)
 
 
 def test_rank_zero_alone_writes_one_checkpoint(two_processes):
-    from conserviz_utils.checkpoint import resume_state
+    from conserviz_utils.runtime.checkpoint import resume_state
 
     out, (rank0, _) = two_processes
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "rank0.json", "rank1.json"]
@@ -262,7 +262,7 @@ def test_rank_zero_alone_writes_one_checkpoint(two_processes):
 
 
 def test_an_interrupted_two_process_run_resumes_to_the_same_weights(tmp_path, two_processes):
-    from conserviz_utils.checkpoint import resume_state
+    from conserviz_utils.runtime.checkpoint import resume_state
 
     _, (uninterrupted, _) = two_processes
     # SIGTERM to the last rank only, after step 4 (epoch 2, batch 1): the harder case of `kill` of

@@ -17,14 +17,14 @@ from torch import nn
 
 from conserviz_utils import SPECIES, ConservizError, DataValidationError, ImageLoadError
 from conserviz_utils.data import default_transform, load_competition
-from conserviz_utils.embeddings import (
+from conserviz_utils.course.embeddings import (
     Embeddings,
     compute_embeddings,
     load_embeddings,
     prune_cache,
     remove_stale_partials,
 )
-from conserviz_utils.images import open_image
+from conserviz_utils.files.images import open_image
 
 N_CLASSES = len(SPECIES)
 SMALL = 32  # image side for the tests: the behaviour does not depend on the size
@@ -392,7 +392,7 @@ def test_a_head_on_bf16_embeddings_scores_like_one_on_fp32(sample_dir):
     Tolerance: 0.05 in eval log loss and 0.05 in accuracy (8 of 160 images), far below the gaps
     the course reads (the split leak is ~0.5 in log loss, fine-tuning vs head ~0.1).
     """
-    from conserviz_utils.features import fit_head
+    from conserviz_utils.course.features import fit_head
     from conserviz_utils.models import build_model
     from conserviz_utils.split import split_by_site
 

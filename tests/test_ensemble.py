@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from conserviz_utils import DataValidationError
-from conserviz_utils.ensemble import (
+from conserviz_utils.climb.ensemble import (
     BLENDS,
     FoldPredictions,
     blend_members,

@@ -16,7 +16,7 @@ def test_the_message_names_the_file_the_rows_and_the_fix():
 
 
 def test_a_notebook_shows_the_message_the_callers_line_and_where_it_was_raised(tmp_path):
-    from conserviz_utils.images import open_image
+    from conserviz_utils.files.images import open_image
 
     broken = tmp_path / "ZJ000305.jpg"
     broken.write_bytes(b"not a jpeg")
@@ -35,7 +35,7 @@ def test_ipython_uses_the_hook_and_keeps_the_full_stack():
     script = (
         "from IPython.testing.globalipapp import start_ipython\n"
         "ip = start_ipython()\n"
-        "ip.run_cell('from conserviz_utils.settings import CourseSettings\\n"
+        "ip.run_cell('from conserviz_utils.course.settings import CourseSettings\\n"
         "settings = CourseSettings.from_env({}, batch_size=0)')\n"
         "import sys, traceback\n"
         "print('FULL', ''.join(traceback.format_exception(sys.last_value)).count('File '))\n"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conserviz_utils import SPECIES
-from conserviz_utils.exercises import (
+from conserviz_utils.teaching.exercises import (
     CORRECT,
     NOT_ANSWERED,
     NOT_YET,
@@ -217,7 +217,7 @@ def test_best_epoch():
 
 
 def test_fresh_head_is_a_new_seeded_copy():
-    from conserviz_utils.exercises import fresh_head
+    from conserviz_utils.teaching.exercises import fresh_head
 
     head = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
     state = {k: v.clone() for k, v in head.state_dict().items()}
@@ -352,7 +352,7 @@ def test_share_shift_needs_the_split_of_exercise_1(data):
 
 
 def test_geometric_blend_by_hand():
-    from conserviz_utils.exercises import check_geometric_blend
+    from conserviz_utils.teaching.exercises import check_geometric_blend
 
     members = np.array([[0.7, 0.2, 0.1], [0.4, 0.5, 0.1], [0.8, 0.01, 0.19]])
     geometric = np.exp(np.log(members).mean(axis=0))
@@ -368,7 +368,7 @@ def test_geometric_blend_by_hand():
 
 
 def test_member_weights_by_hand():
-    from conserviz_utils.exercises import check_member_weights
+    from conserviz_utils.teaching.exercises import check_member_weights
 
     losses = np.array([1.0, 1.1, 1.5])  # the third is more than 1.2 × the best: dropped
     raw = np.array([1.0, 1 / 1.1**2, 0.0])

@@ -12,8 +12,8 @@ from torch import nn
 
 from conserviz_utils import SPECIES, DataValidationError, TrainingError
 from conserviz_utils.data import ImagesDataset, default_transform, load_competition, make_loader
-from conserviz_utils.embeddings import compute_embeddings
-from conserviz_utils.features import fit_head, predict_from_embeddings, predict_logits_from_embeddings
+from conserviz_utils.course.embeddings import compute_embeddings
+from conserviz_utils.course.features import fit_head, predict_from_embeddings, predict_logits_from_embeddings
 from conserviz_utils.metrics import log_loss
 from conserviz_utils.train import HISTORY_COLUMNS, predict
 
@@ -255,7 +255,7 @@ def test_a_head_trained_on_embeddings_drops_back_into_the_model(data, tmp_path):
 
 def test_fit_head_early_stopping_keeps_the_best_epoch():
     """On noise the eval log loss soon turns up; early stopping stops and restores that epoch."""
-    from conserviz_utils.features import fit_head, predict_logits_from_embeddings
+    from conserviz_utils.course.features import fit_head, predict_logits_from_embeddings
     from conserviz_utils.metrics import apply_temperature, log_loss
 
     rng = np.random.default_rng(0)
@@ -273,7 +273,7 @@ def test_fit_head_early_stopping_keeps_the_best_epoch():
 
 
 def test_fit_head_early_stopping_needs_eval_data():
-    from conserviz_utils.features import fit_head
+    from conserviz_utils.course.features import fit_head
 
     with pytest.raises(TrainingError, match="early stopping watches the eval log loss"):
         fit_head(nn.Linear(4, 8), np.zeros((8, 4), "float32"), list(SPECIES), early_stopping=2)

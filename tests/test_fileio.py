@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conserviz_utils import fileio
+from conserviz_utils.files import fileio
 from conserviz_utils.errors import ConservizError
-from conserviz_utils.fileio import (
+from conserviz_utils.files.fileio import (
     TEMP_PREFIX,
     atomic_write_bytes,
     atomic_write_csv,

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from conserviz_utils import ImageLoadError
-from conserviz_utils import image_cache as image_cache_module
+from conserviz_utils.files import image_cache as image_cache_module
 from conserviz_utils.data import ImagesDataset, default_transform, load_competition
-from conserviz_utils.image_cache import ImageCache
-from conserviz_utils.images import open_image
+from conserviz_utils.files.image_cache import ImageCache
+from conserviz_utils.files.images import open_image
 
 SIZE = (40, 24)  # (width, height): small, and not square, to catch a swapped axis
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageFile, JpegImagePlugin, features
 
 from conserviz_utils.errors import ImageLoadError
-from conserviz_utils.images import ALPHA_BACKGROUND, MAX_IMAGE_PIXELS, open_image, to_rgb
+from conserviz_utils.files.images import ALPHA_BACKGROUND, MAX_IMAGE_PIXELS, open_image, to_rgb
 
 
 def pixels(image: Image.Image) -> np.ndarray:

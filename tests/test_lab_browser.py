@@ -129,7 +129,7 @@ def _quick_data(folder: Path) -> Path:
     """The quick sample of the project when it is complete, else a fresh one in ``folder``."""
     from conserviz_utils import ConservizError
     from conserviz_utils.data import SAMPLE_SETTINGS, load_competition
-    from conserviz_utils.sample import generate_sample
+    from conserviz_utils.tools.sample import generate_sample
 
     project_sample = PROJECT_ROOT / "data" / "sample-quick"
     try:
@@ -160,8 +160,8 @@ def browser():
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, browser):
     """JupyterLab on a free local port over copies of notebooks 01 and 05, ready to run them."""
-    from conserviz_utils.course import ensure_checkpoint, ensure_splits, load_course_data
-    from conserviz_utils.settings import CourseSettings
+    from conserviz_utils.course.steps import ensure_checkpoint, ensure_splits, load_course_data
+    from conserviz_utils.course.settings import CourseSettings
 
     work = tmp_path_factory.mktemp("lab")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSERVIZ_", "JUPYTER"))}

@@ -11,17 +11,17 @@ import pandas as pd
 import pytest
 import torch
 
-from conserviz_utils import course
-from conserviz_utils.checkpoint import load_checkpoint
-from conserviz_utils.predictions import (
+from conserviz_utils.course.steps import steps
+from conserviz_utils.runtime.checkpoint import load_checkpoint
+from conserviz_utils.course.predictions import (
     cached_logits,
     find_cached_embeddings,
     read_logits,
     uses_frozen_backbone,
     weights_fingerprint,
 )
-from conserviz_utils.provenance import read_sidecar
-from conserviz_utils.settings import CourseSettings
+from conserviz_utils.course.provenance import read_sidecar
+from conserviz_utils.course.settings import CourseSettings
 from conserviz_utils.train import predict_logits
 
 FAST = {"epochs": 0, "head_epochs": 3, "batch_size": 16}

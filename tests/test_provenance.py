@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from conserviz_utils import provenance
+from conserviz_utils.course.steps import provenance
 from conserviz_utils.data import load_competition
-from conserviz_utils.provenance import (
+from conserviz_utils.course.provenance import (
     FileDigests,
     check_matches,
     data_fingerprint,

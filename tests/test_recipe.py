@@ -8,8 +8,8 @@ import json
 import pytest
 
 from conserviz_utils.errors import ConservizError
-from conserviz_utils.recipe import Recipe, RecipeError
-from conserviz_utils.settings import CourseSettings
+from conserviz_utils.course.recipe import Recipe, RecipeError
+from conserviz_utils.course.settings import CourseSettings
 
 
 def test_the_default_recipe_holds_the_course_values():

@@ -14,7 +14,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from conserviz_utils.runner import (
+from conserviz_utils.tools.runner import (
     CORE_NOTEBOOKS,
     NotebookRunError,
     ProgressReporter,
@@ -50,7 +50,7 @@ def kernel_processes(parent: psutil.Process) -> list[psutil.Process]:
 
 
 def runner_command(notebooks: Path, outputs: Path, *names: str) -> list[str]:
-    return [sys.executable, "-m", "conserviz_utils.runner", "--notebooks", str(notebooks),
+    return [sys.executable, "-m", "conserviz_utils.tools.runner", "--notebooks", str(notebooks),
             "--outputs", str(outputs), "--progress-interval", "0.5", *names]
 
 
@@ -252,7 +252,7 @@ def test_main_prints_the_summary_and_the_kernels_are_gone_before_it(tmp_path, ca
 
 
 def test_after_a_stop_the_runner_says_how_to_resume_only_when_fine_tuning_saved_this_run(tmp_path):
-    from conserviz_utils.runner import resume_hint
+    from conserviz_utils.tools.runner import resume_hint
 
     state = tmp_path / "fine_tune_resume.pt"
     assert resume_hint(state).startswith("Nothing to resume")

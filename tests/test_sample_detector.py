@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conserviz_utils.sample import DETECTIONS_NAME, generate_sample, plan_sample
-from conserviz_utils.sample.detector import (
+from conserviz_utils.tools.sample import DETECTIONS_NAME, generate_sample, plan_sample
+from conserviz_utils.tools.sample.detector import (
     DETECTION_CATEGORIES,
     OUTPUT_THRESHOLD,
     TYPICAL_THRESHOLD,
@@ -21,8 +21,8 @@ from conserviz_utils.sample.detector import (
     simulate_detections,
     simulated_detections,
 )
-from conserviz_utils.sample.draw import render_image, site_style
-from conserviz_utils.sample.write import image_tasks
+from conserviz_utils.tools.sample.draw import render_image, site_style
+from conserviz_utils.tools.sample.write import image_tasks
 
 #: The session's sample_dir fixture (tests/conftest.py) was generated with these.
 N_TRAIN, N_TEST, SEED, SCALE = 160, 40, 0, 0.25

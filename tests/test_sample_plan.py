@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from conserviz_utils import SPECIES
-from conserviz_utils.sample import REAL_CLASS_COUNTS, REAL_IMAGE_SIZES, plan_sample
+from conserviz_utils.tools.sample import REAL_CLASS_COUNTS, REAL_IMAGE_SIZES, plan_sample
 
 REAL_SHARES = pd.Series(REAL_CLASS_COUNTS) / sum(REAL_CLASS_COUNTS.values())
 SIZE_SHARES = pd.Series(REAL_IMAGE_SIZES) / sum(REAL_IMAGE_SIZES.values())

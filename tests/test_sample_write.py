@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from conserviz_utils import SPECIES, ConservizError
-from conserviz_utils import sample as sample_module
-from conserviz_utils.sample import (
+from conserviz_utils.tools import sample as sample_module
+from conserviz_utils.tools.sample import (
     DETECTIONS_NAME,
     MARKER_NAME,
     REAL_IMAGE_SIZES,
@@ -27,7 +27,7 @@ from conserviz_utils.sample import (
     sample_grid,
     sample_marker,
 )
-from conserviz_utils.sample import write as write_module
+from conserviz_utils.tools.sample import write as write_module
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,7 @@ def test_images_have_the_planned_size_and_colour(sample_dir):
 def test_marker_records_the_parameters(sample_dir):
     marker = sample_marker(sample_dir)
     assert marker is not None
-    assert marker["generator"] == "conserviz_utils.sample"
+    assert marker["generator"] == "conserviz_utils.tools.sample"
     parameters = (marker["n_train"], marker["n_test"], marker["seed"], marker["image_scale"])
     assert parameters == (160, 40, 0, 0.25)
     assert marker["n_train_sites"] >= 9 and marker["n_test_sites"] >= 3
@@ -214,7 +214,7 @@ def test_a_run_killed_while_writing_a_csv_is_replaced(tmp_path):
     (out / "conserviz-sample.json").unlink()
     (out / sample_module.INCOMPLETE_NAME).write_text("")
     (out / "train_labels.csv.partial").write_text("id,antelope")
-    # Version 2 writes through conserviz_utils.fileio, whose temporary files look like this.
+    # Version 2 writes through conserviz_utils.files.fileio, whose temporary files look like this.
     (out / ".conserviz-detections.json.4242-0a1b2c3d.tmp").write_text("{")
     generate_sample(out, n_train=8, n_test=2, image_scale=0.1, workers=1, progress=False)
     assert sample_marker(out) is not None
@@ -244,7 +244,7 @@ def test_bad_parameters_are_named(tmp_path, kwargs, name):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "conserviz_utils.sample", *args],
+        [sys.executable, "-m", "conserviz_utils.tools.sample", *args],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
     )
 
@@ -293,7 +293,7 @@ def test_the_package_modules_import_no_private_names_and_form_no_cycle():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("conserviz"):
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 assert not private or private == ["__version__"], (path.name, private)
-                if node.module.startswith("conserviz_utils.sample."):
+                if node.module.startswith("conserviz_utils.tools.sample."):
                     found.add(node.module.rsplit(".", 1)[1])
     assert {"plan", "draw", "animals", "paint", "detector", "write", "cli"} <= set(imports)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conserviz_utils.errors import ConservizError
-from conserviz_utils.settings import CourseSettings, SettingsError
+from conserviz_utils.course.settings import CourseSettings, SettingsError
 
 
 def test_defaults_are_for_a_real_run():

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conserviz_utils.solutions import (
+from conserviz_utils.teaching.solutions import (
     EXERCISE_TAG,
     SOLUTION_TAG,
     ExerciseBuildError,

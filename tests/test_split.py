@@ -390,8 +390,8 @@ def test_load_splits_explains_a_missing_or_broken_file(tmp_path):
 
 
 def test_site_split_of_the_generated_sample_is_reproducible(request, tmp_path):
-    if importlib.util.find_spec("conserviz_utils.sample") is None:
-        pytest.skip("conserviz_utils.sample is not written yet: no sample dataset to split")
+    if importlib.util.find_spec("conserviz_utils.tools.sample") is None:
+        pytest.skip("conserviz_utils.tools.sample is not written yet: no sample dataset to split")
     sample_dir = request.getfixturevalue("sample_dir")
     features = pd.read_csv(sample_dir / "train_features.csv", index_col="id")
     labels = pd.read_csv(sample_dir / "train_labels.csv", index_col="id")

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from conserviz_utils import SPECIES, TrainingError
-from conserviz_utils.checkpoint import resume_state
+from conserviz_utils.runtime.checkpoint import resume_state
 from conserviz_utils.data import collate_images
 from conserviz_utils.train import (
     HISTORY_COLUMNS,

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conserviz_utils import DataValidationError
-from conserviz_utils.widgets import ALL, ImageBrowser, filter_images, image_browser
+from conserviz_utils.teaching.widgets import ALL, ImageBrowser, filter_images, image_browser
 
 # (species, site) of each image: bird at two sites, hog at one, rodent at the other.
 LAYOUT = [
@@ -126,7 +126,7 @@ def test_a_broken_image_is_reported_in_the_caption_not_raised(dataset, tmp_path)
 
 # --- the prediction explorer --------------------------------------------------------------
 
-from conserviz_utils.widgets import (  # noqa: E402  (the explorer's half of the module)
+from conserviz_utils.teaching.widgets import (  # noqa: E402  (the explorer's half of the module)
     CONFUSION_MATRIX_ANCHOR,
     PredictionExplorer,
     filter_predictions,

@@ -49,7 +49,7 @@ blank_mistaken_for = None
 check_most_common_confusion(blank_mistaken_for, eval_labels, probs, "blank")
 
 # %% solution ex-05-confusion
-from conserviz_utils.widgets import filter_predictions
+from conserviz_utils.teaching.widgets import filter_predictions
 
 blank_images = filter_predictions(eval_labels, probs, data.train_features, true_species="blank")
 mistaken = blank_images.loc[blank_images["predicted"] != "blank", "predicted"]

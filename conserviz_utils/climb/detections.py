@@ -1,0 +1,584 @@
+"""Detector crops: read a MegaDetector batch-output JSON, crop each image to its animal.
+
+An animal often fills a few percent of a camera-trap frame; the rest is the site's background,
+which a classifier learns all too well. MegaDetector (or SpeciesNet's detector-only mode, after
+its conversion to this format) finds animals without naming them and writes a *batch-output
+JSON*: ``images[]`` with a ``file`` each and ``detections[]`` of ``category`` ("1" = animal),
+``conf`` and ``bbox`` = [x_min, y_min, width, height] normalised to 0–1 (the format is documented
+at https://lila.science/megadetector-output-format). You run the detector wherever you like and
+bring the file; nothing here downloads or runs a detector.
+
+:func:`read_detections` reads and validates it (errors name the image and the field) and matches
+its file names to the images of a features frame. :func:`best_animal_boxes` keeps the most
+confident animal box above a threshold, and :func:`write_crops` crops it out, padded by 10 %,
+into small cached JPEG files; an image where nothing passes stays whole. The frame it returns
+is a features frame like any other, so ``compute_embeddings`` (and ``ImagesDataset``, and
+``predict``) run on the crops unchanged, and their embeddings are cached like the others.
+An image that stays whole has the embedding it already had: embed only the cropped rows and
+put them in place with :func:`with_crops`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from conserviz_utils.course.embeddings import Embeddings, compute_embeddings
+from conserviz_utils.errors import DataValidationError
+from conserviz_utils.files.fileio import atomic_write_bytes
+from conserviz_utils.files.images import open_image
+
+__all__ = [
+    "BOX_COLUMNS",
+    "DETECTIONS_FILE",
+    "SOURCES",
+    "Detections",
+    "best_animal_boxes",
+    "crop_box",
+    "embed_crops",
+    "match_detections",
+    "no_detections",
+    "read_detections",
+    "with_crops",
+    "write_crops",
+]
+
+#: Where the sample generator (and a user, by convention) puts the detector's output.
+DETECTIONS_FILE = "detections.json"
+
+#: A detection's box: corner, width and height, as shares of the image's width and height.
+BOX_COLUMNS = ("x_min", "y_min", "width", "height")
+
+#: Why an image got the box it got (the ``source`` column of :func:`best_animal_boxes`).
+SOURCES = ("animal box", "nothing above threshold", "detector failed", "not in the detections")
+
+# The format's categories when the file does not list them (MegaDetector v4 and later).
+_DEFAULT_CATEGORIES = {"1": "animal", "2": "person", "3": "vehicle"}
+# MegaDetector rounds boxes to 4 decimals, so x_min + width can pass 1 by a hair.
+_BOX_SLACK = 1e-3
+_FORMAT_FIX = (
+    "pass the batch-output JSON of MegaDetector's run_detector_batch (format 1.x, see "
+    "https://lila.science/megadetector-output-format)"
+)
+# Bump when crops are cut differently, so old crop files are not reused.
+_CROP_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Detections:
+    """A validated MegaDetector batch-output file, optionally matched to a features frame.
+
+    Attributes:
+        path: The JSON file (None when built in memory).
+        format_version: The file's ``info.format_version``.
+        categories: Detection category id → name (e.g. "1" → "animal").
+        boxes: One row per detection: ``file``, ``category``, ``conf`` and the `BOX_COLUMNS`;
+            with ``id`` once matched.
+        files: Every image the file lists, in its order (processed or failed).
+        failures: File → the detector's failure message, for images it could not process.
+        file_ids: File → image id, for the files that matched the features (once matched).
+        missing_ids: Ids of the features the file does not list (kept whole).
+        unmatched_files: Files that match no image of the features (ignored).
+    """
+
+    path: Path | None
+    format_version: str
+    categories: dict[str, str]
+    boxes: pd.DataFrame
+    files: pd.Index
+    failures: pd.Series
+    file_ids: pd.Series | None = None
+    missing_ids: pd.Index = field(default_factory=lambda: pd.Index([], name="id"))
+    unmatched_files: pd.Index = field(default_factory=lambda: pd.Index([], name="file"))
+
+    @property
+    def animal_category(self) -> str:
+        """The category id named "animal" ("1" in MegaDetector's files)."""
+        return next((key for key, name in self.categories.items() if name == "animal"), "1")
+
+    @property
+    def matched(self) -> bool:
+        """Whether the files have been matched to the ids of a features frame."""
+        return self.file_ids is not None
+
+    def summary(self) -> dict:
+        """Counts: images listed, failed, with an animal detection, and how the match went."""
+        animals = self.boxes.loc[self.boxes["category"] == self.animal_category, "file"].nunique()
+        counts = {"files": len(self.files), "failed": len(self.failures), "with_animal": int(animals)}
+        if self.matched:
+            counts.update(
+                matched=len(self.file_ids), missing=len(self.missing_ids), unmatched=len(self.unmatched_files)
+            )
+        return counts
+
+
+def _fail(problem: str, path, *, field_name: str | None = None, file: str | None = None, fix: str = _FORMAT_FIX):
+    """The error for a malformed detections file, naming the field and the image."""
+    return DataValidationError(problem, path=path, column=field_name, rows=[file] if file else None, fix=fix)
+
+
+def _number(value) -> bool:
+    """A real, finite number (not a bool, not NaN)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_detections(path: str | os.PathLike, features: pd.DataFrame | None = None) -> Detections:
+    """Read and validate a MegaDetector batch-output JSON; match it to ``features`` if given.
+
+    Args:
+        path: The JSON file (``detections.json`` in the data folder, by convention).
+        features: A features frame (``filepath`` column, as ``load_competition`` gives): its
+            images are matched to the file's entries (see :func:`match_detections`).
+
+    Returns:
+        The :class:`Detections`.
+
+    Raises:
+        DataValidationError: the file is missing or not JSON, its version or layout is not the
+            format's, a box is out of range, an image is listed twice, or (with ``features``)
+            none of its files is an image of the features; naming the image and the field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise _fail(
+            "detections file not found",
+            path,
+            fix="run MegaDetector on the images (run_detector_batch) and save its output there, "
+            "or pass the path of the JSON it wrote",
+        )
+    try:
+        document = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise _fail(f"not a text file ({exc.reason})", path) from None
+    except json.JSONDecodeError as exc:
+        raise _fail(f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})", path) from None
+    detections = _parse(document, path)
+    return detections if features is None else match_detections(detections, features)
+
+
+def _parse(document, path: Path) -> Detections:
+    """Validate the parsed JSON document and collect its detections."""
+    if not isinstance(document, Mapping):
+        raise _fail(f"the top level is a JSON {type(document).__name__}, not an object with 'images'", path)
+    if "images" not in document:
+        hint = (
+            " (this looks like SpeciesNet's own output: convert it with SpeciesNet's "
+            "speciesnet_to_md, or run its detector-only mode with MegaDetector output)"
+            if "predictions" in document
+            else ""
+        )
+        raise _fail(f"no 'images' list{hint}", path, field_name="images")
+    info = document.get("info")
+    version = info.get("format_version") if isinstance(info, Mapping) else None
+    if version is None:
+        raise _fail("no info.format_version: not a MegaDetector batch-output file", path, field_name="info.format_version")
+    version = str(version)
+    if version.split(".")[0] != "1":
+        raise _fail(
+            f"format version {version} is not supported (this reader knows 1.x)",
+            path,
+            field_name="info.format_version",
+        )
+    categories = document.get("detection_categories", _DEFAULT_CATEGORIES)
+    if not isinstance(categories, Mapping) or not all(isinstance(name, str) for name in categories.values()):
+        raise _fail("detection_categories must map category ids to names", path, field_name="detection_categories")
+    categories = {str(key): name for key, name in categories.items()}
+    images = document["images"]
+    if not isinstance(images, list):
+        raise _fail(f"'images' must be a list, got a JSON {type(images).__name__}", path, field_name="images")
+
+    rows: list[tuple] = []
+    files: list[str] = []
+    failures: dict[str, str] = {}
+    first_entry: dict[str, int] = {}
+    for i, entry in enumerate(images):
+        where = f"images[{i}]"
+        if not isinstance(entry, Mapping):
+            raise _fail(f"{where} is a JSON {type(entry).__name__}, not an object", path, field_name=where)
+        file = entry.get("file")
+        if not isinstance(file, str) or not file.strip():
+            raise _fail(f"{where} has no file name", path, field_name=f"{where}.file")
+        if file in first_entry:
+            raise _fail(
+                f"the image is listed twice, as images[{first_entry[file]}] and {where}",
+                path,
+                field_name=f"{where}.file",
+                file=file,
+                fix="keep one entry per image (merge the detector's runs into one file without repeats)",
+            )
+        first_entry[file] = i
+        files.append(file)
+        failure = entry.get("failure")
+        if failure is not None:
+            failures[file] = str(failure)
+            continue
+        found = entry.get("detections")
+        if not isinstance(found, list):
+            raise _fail(
+                f"the image has no 'detections' list (got {type(found).__name__}); an image without "
+                "detections has an empty list, one the detector failed on a 'failure' message",
+                path,
+                field_name=f"{where}.detections",
+                file=file,
+            )
+        for j, detection in enumerate(found):
+            rows.append((file, *_parse_detection(detection, f"{where}.detections[{j}]", file, path)))
+    boxes = pd.DataFrame(rows, columns=["file", "category", "conf", *BOX_COLUMNS])
+    boxes = boxes.astype({"conf": "float64", **{column: "float64" for column in BOX_COLUMNS}})
+    return Detections(
+        path=path,
+        format_version=version,
+        categories=categories,
+        boxes=boxes,
+        files=pd.Index(files, name="file"),
+        failures=pd.Series(failures, dtype=object, name="failure").rename_axis("file"),
+    )
+
+
+def _parse_detection(detection, where: str, file: str, path: Path) -> tuple:
+    """(category, conf, x_min, y_min, width, height) of one detection, validated."""
+    if not isinstance(detection, Mapping):
+        raise _fail(f"{where} is not an object", path, field_name=where, file=file)
+    category = detection.get("category")
+    if isinstance(category, bool) or not isinstance(category, str | int):
+        raise _fail(f"{where} has no category id", path, field_name=f"{where}.category", file=file)
+    conf = detection.get("conf")
+    if not _number(conf) or not 0 <= conf <= 1:
+        raise _fail(f"{where}.conf must be a number from 0 to 1, got {conf!r}", path, field_name=f"{where}.conf", file=file)
+    bbox = detection.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_number(v) for v in bbox):
+        raise _fail(
+            f"{where}.bbox must be 4 numbers [x_min, y_min, width, height], got {bbox!r}",
+            path,
+            field_name=f"{where}.bbox",
+            file=file,
+        )
+    x_min, y_min, width, height = (float(v) for v in bbox)
+    if min(x_min, y_min) < 0 or width <= 0 or height <= 0:
+        raise _fail(
+            f"{where}.bbox {bbox} has a negative corner or a size that is not positive",
+            path,
+            field_name=f"{where}.bbox",
+            file=file,
+            fix="boxes are [x_min, y_min, width, height] as shares 0–1 of the image; check the tool "
+            "that wrote the file",
+        )
+    if x_min + width > 1 + _BOX_SLACK or y_min + height > 1 + _BOX_SLACK:
+        raise _fail(
+            f"{where}.bbox {bbox} reaches past the image (x_min + width or y_min + height above 1): "
+            "boxes must be normalised to 0–1",
+            path,
+            field_name=f"{where}.bbox",
+            file=file,
+            fix="divide pixel boxes by the image's width and height (MegaDetector writes shares 0–1)",
+        )
+    return str(category), float(conf), x_min, y_min, width, height
+
+
+def _normalised(name: str) -> str:
+    """A file name with forward slashes and no leading './' (Windows and Unix runs alike)."""
+    name = name.replace("\\", "/")
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def match_detections(detections: Detections, features: pd.DataFrame) -> Detections:
+    """Match the file names of ``detections`` to the image ids of ``features``.
+
+    A file matches an image when it is the image's ``filepath`` (the CSV's, e.g.
+    ``train_features/ZJ000000.jpg``), when it ends with it (the detector ran on the data
+    folder's parent, or with absolute paths), or when its base name is the image's and base
+    names are unique (the detector ran on the image folder itself). Backslashes count as '/'.
+
+    Returns:
+        The detections with ``id`` on their boxes, ``file_ids``, the ids the file does not
+        list (``missing_ids``: they are kept whole) and the files matching no image
+        (``unmatched_files``: ignored, e.g. the test images when matching the train features).
+
+    Raises:
+        DataValidationError: no file matches any image (showing the first few of each), or two
+            entries name the same image.
+    """
+    column = next((c for c in ("filepath", "path") if c in features.columns), None)
+    if column is None:
+        raise DataValidationError(
+            "the features frame has neither a 'filepath' nor a 'path' column",
+            column="filepath",
+            fix="pass a features frame from load_competition(...), e.g. data.train_features",
+        )
+    expected = pd.Series(features.index, index=[_normalised(str(p)) for p in features[column]])
+    by_path = expected.to_dict()
+    names = pd.Series([PurePosixPath(p).name for p in expected.index])
+    by_name = dict(zip(names, expected.to_numpy())) if names.is_unique else {}
+
+    file_ids: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    unmatched = []
+    for file in detections.files:
+        image_id = _match_one(_normalised(file), by_path, by_name)
+        if image_id is None:
+            unmatched.append(file)
+            continue
+        if image_id in owner:
+            raise _fail(
+                f"two entries name the same image {image_id}: {owner[image_id]!r} and {file!r}",
+                detections.path,
+                field_name="images[].file",
+                file=file,
+                fix="keep one entry per image",
+            )
+        owner[image_id] = file
+        file_ids[file] = image_id
+    if not file_ids:
+        shown = ", ".join(repr(f) for f in list(detections.files[:3])) or "none"
+        wanted = ", ".join(repr(p) for p in list(expected.index[:3]))
+        raise _fail(
+            f"none of the {len(detections.files)} files in the detections is an image of these "
+            f"{len(features)} features: the file lists {shown}, the features expect {wanted}",
+            detections.path,
+            field_name="images[].file",
+            fix="run the detector on this data folder (file names as in the CSV's filepath column), "
+            "or pass the features it was run on",
+        )
+    file_ids_series = pd.Series(file_ids, dtype=object, name="id").rename_axis("file")
+    boxes = detections.boxes.assign(id=detections.boxes["file"].map(file_ids_series))
+    listed = pd.Index(file_ids_series.to_numpy())
+    return replace(
+        detections,
+        boxes=boxes,
+        file_ids=file_ids_series,
+        missing_ids=pd.Index(features.index[~features.index.isin(listed)], name="id"),
+        unmatched_files=pd.Index(unmatched, name="file"),
+    )
+
+
+def no_detections(features: pd.DataFrame) -> Detections:
+    """Detections that list no image: every image of ``features`` stays whole.
+
+    For data without a detector's output yet (the real competition data, until you run
+    MegaDetector on it): the crop steps then run and change nothing.
+    """
+    return Detections(
+        path=None,
+        format_version="1.4",
+        categories=dict(_DEFAULT_CATEGORIES),
+        boxes=pd.DataFrame(columns=["file", "category", "conf", *BOX_COLUMNS, "id"]).astype(
+            {"conf": "float64", **{column: "float64" for column in BOX_COLUMNS}}
+        ),
+        files=pd.Index([], name="file", dtype=object),
+        failures=pd.Series(dtype=object, name="failure").rename_axis("file"),
+        file_ids=pd.Series(dtype=object, name="id").rename_axis("file"),
+        missing_ids=pd.Index(features.index, name="id"),
+    )
+
+
+def _match_one(name: str, by_path: dict, by_name: dict):
+    """The id a normalised file name matches, or None."""
+    if name in by_path:
+        return by_path[name]
+    parts = name.split("/")
+    for start in range(1, len(parts)):
+        image_id = by_path.get("/".join(parts[start:]))
+        if image_id is not None:
+            return image_id
+    return by_name.get(parts[-1])
+
+
+def best_animal_boxes(detections: Detections, threshold: float = 0.2) -> pd.DataFrame:
+    """The most confident animal box of each image, if its confidence reaches ``threshold``.
+
+    Args:
+        detections: From :func:`read_detections` (matched to features, or not).
+        threshold: Lowest confidence kept, in [0, 1]. MegaDetector's own suggestion is about
+            0.2; the 11th-place solution used 0.05 and 0.1 (more animals, more false boxes).
+
+    Returns:
+        One row per image — every id of the matched features (index ``id``), or every file
+        listed (index ``file``) — with ``conf`` and the `BOX_COLUMNS` (NaN without a box) and
+        ``source``, one of :data:`SOURCES`: why the image has a box or stays whole.
+    """
+    if not _number(threshold) or not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be a number from 0 to 1, got {threshold!r}")
+    boxes = detections.boxes
+    animals = boxes[(boxes["category"] == detections.animal_category) & (boxes["conf"] >= threshold)]
+    key = "id" if detections.matched else "file"
+    animals = animals.dropna(subset=[key])
+    # The most confident box per image; a stable sort keeps the file's order between equals.
+    best = animals.sort_values("conf", ascending=False, kind="stable").drop_duplicates(key).set_index(key)
+    if detections.matched:
+        index = pd.Index(list(detections.file_ids.to_numpy()) + list(detections.missing_ids), name="id")
+        failed = set(detections.file_ids.reindex(detections.failures.index).dropna())
+        absent = set(detections.missing_ids)
+    else:
+        index = pd.Index(detections.files, name="file")
+        failed, absent = set(detections.failures.index), set()
+    table = best[["conf", *BOX_COLUMNS]].reindex(index)
+    source = np.where(table["conf"].notna(), SOURCES[0], SOURCES[1]).astype(object)
+    source[index.isin(list(failed))] = SOURCES[2]
+    source[index.isin(list(absent))] = SOURCES[3]
+    table["source"] = pd.Categorical(source, categories=list(SOURCES))
+    return table
+
+
+def crop_box(image: Image.Image, box, padding: float = 0.1) -> Image.Image:
+    """Crop ``image`` to a normalised box grown by ``padding`` of its size on every side.
+
+    Args:
+        image: The whole image (upright, as ``open_image`` returns it).
+        box: (x_min, y_min, width, height) as shares 0–1 of the image's width and height.
+        padding: Share of the box's width (height) added left and right (top and bottom): 0.1
+            keeps a little context around the animal. The crop stops at the image's edges.
+
+    Returns:
+        The crop, at least 1×1 pixel.
+    """
+    x_min, y_min, width, height = (float(v) for v in box)
+    image_width, image_height = image.size
+    left = max(0.0, x_min - padding * width) * image_width
+    right = min(1.0, x_min + width + padding * width) * image_width
+    top = max(0.0, y_min - padding * height) * image_height
+    bottom = min(1.0, y_min + height + padding * height) * image_height
+    # Outwards to whole pixels, forgiving float noise (0.55 * 200 is 110.00000000000001).
+    left = min(math.floor(left + 1e-6), image_width - 1)
+    top = min(math.floor(top + 1e-6), image_height - 1)
+    right = max(math.ceil(right - 1e-6), left + 1)
+    bottom = max(math.ceil(bottom - 1e-6), top + 1)
+    return image.crop((left, top, right, bottom))
+
+
+def write_crops(
+    features: pd.DataFrame,
+    boxes: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    *,
+    padding: float = 0.1,
+    quality: int = 95,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Crop every image with a box to it, as a JPEG in ``out_dir``; the others stay whole.
+
+    Each crop's file name carries a hash of its source file (path, size, modification time),
+    its box and the padding, so a crop is written once and reused afterwards: its embeddings
+    then come from the cache too. A changed image or box gets a new file.
+
+    Args:
+        features: A features frame with a ``path`` column (``load_competition`` gives one).
+        boxes: From :func:`best_animal_boxes` (matched to these features), indexed by id.
+        out_dir: The crops' folder (e.g. ``outputs/crops``); safe to delete.
+        padding: Passed to :func:`crop_box`.
+        quality: JPEG quality of the crops.
+        progress: Show a progress bar over the crops written.
+
+    Returns:
+        ``features`` with ``path`` pointing at the crop for images with a box, a ``cropped``
+        column (bool) and a ``source`` column (from ``boxes``; "not in the detections" for ids
+        ``boxes`` lacks).
+    """
+    if "path" not in features.columns:
+        raise DataValidationError(
+            "the features frame has no 'path' column",
+            column="path",
+            fix="pass a features frame from load_competition(...), e.g. data.train_features",
+        )
+    if not 0 <= padding <= 1:
+        raise ValueError(f"padding must be in [0, 1], got {padding!r}")
+    if boxes.index.name != "id" or "conf" not in boxes.columns:
+        raise DataValidationError(
+            "the boxes must be indexed by image id, with a 'conf' column",
+            fix="match the detections to the features first: "
+            "best_animal_boxes(read_detections(path, features))",
+        )
+    boxes = boxes.reindex(features.index)
+    has_box = boxes["conf"].notna().to_numpy()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = features["path"].astype(str).to_numpy().copy()
+    todo = np.flatnonzero(has_box)
+    for row in tqdm(todo, desc="crops", unit="img", disable=not progress, leave=False):
+        source = Path(paths[row])
+        box = boxes.iloc[row][list(BOX_COLUMNS)].to_numpy(dtype=float)
+        try:
+            digest = _crop_digest(source, box, padding)
+        except OSError:
+            open_image(source)  # raises the ImageLoadError that names the file and the fix
+            raise
+        target = out_dir / f"{features.index[row]}-{digest}.jpg"
+        if not target.is_file():
+            crop = crop_box(open_image(source), box, padding)
+            buffer = io.BytesIO()
+            crop.save(buffer, "JPEG", quality=quality)
+            atomic_write_bytes(target, buffer.getvalue(), what="crop")
+        paths[row] = str(target)
+    cropped = features.copy()
+    cropped["path"] = paths
+    cropped["cropped"] = has_box
+    source = boxes["source"].astype(object).fillna(SOURCES[3]) if "source" in boxes else SOURCES[3]
+    cropped["source"] = source
+    return cropped
+
+
+def _crop_digest(source: Path, box: np.ndarray, padding: float) -> str:
+    """A short hash of what makes a crop: the source file's identity, the box and the padding."""
+    stat = source.stat()
+    text = json.dumps(
+        [_CROP_FORMAT, str(source), stat.st_size, stat.st_mtime_ns, [round(v, 6) for v in box], padding]
+    )
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+def with_crops(whole: Embeddings, crops: Embeddings) -> Embeddings:
+    """The whole images' embeddings with the rows of the cropped images replaced by the crops'.
+
+    Images without a box are embedded exactly as before, so only the crops need computing:
+    ``with_crops(embeddings, compute_embeddings(model, crops[crops["cropped"]]))``.
+
+    Returns:
+        In-memory :class:`Embeddings` in the order of ``whole``.
+    """
+    positions = whole.ids.get_indexer(crops.ids)
+    unknown = crops.ids[positions < 0]
+    if len(unknown):
+        raise DataValidationError(
+            "crop embeddings of images the whole-image embeddings do not have",
+            rows=list(unknown),
+            fix="embed the crops of the same images (e.g. the train images' crops for the train embeddings)",
+        )
+    if crops.dim != whole.dim:
+        raise DataValidationError(
+            f"crop embeddings have {crops.dim} dimensions, the whole images' {whole.dim}",
+            fix="embed the crops with the same backbone",
+        )
+    values = np.array(whole.values, dtype=np.float32, copy=True)
+    values[positions] = np.asarray(crops.values)
+    return Embeddings(ids=whole.ids, values=values)
+
+
+def embed_crops(model, crops: pd.DataFrame, whole: Embeddings, **options) -> Embeddings:
+    """Embeddings of a crops frame: computed for the cropped images, reused for the whole ones.
+
+    Args:
+        model: The model whose backbone embedded ``whole``.
+        crops: From :func:`write_crops`, for the images of ``whole`` (e.g. the train images).
+        whole: The whole images' embeddings.
+        options: Passed to ``compute_embeddings`` (``cache_dir``, ``transform``, ...); use the
+            ones ``whole`` was computed with.
+
+    Returns:
+        :class:`Embeddings` in the order of ``whole``.
+    """
+    cropped = crops[crops["cropped"].to_numpy(dtype=bool)]
+    if cropped.empty:
+        return whole
+    return with_crops(whole, compute_embeddings(model, cropped, **options))

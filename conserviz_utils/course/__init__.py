@@ -1,0 +1,1 @@
+"""Course glue: settings, recipe, artifacts and their provenance, and the steps the notebooks share."""

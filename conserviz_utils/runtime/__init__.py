@@ -1,0 +1,1 @@
+"""What the loop needs to run anywhere: device and precision, checkpoints, exact resume, Ctrl-C, torchrun."""

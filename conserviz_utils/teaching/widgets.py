@@ -1,0 +1,531 @@
+"""The notebooks' widgets: the image browser of 01 and the prediction explorer of 05.
+
+`ImageBrowser` (notebook 01): pick a species and a site, slide through their images.
+`PredictionExplorer` (notebook 05): pick a true species, a predicted species and a site, and see
+the matching eval images, most confident first, each with a bar of its eight probabilities.
+
+The filtering is in plain functions, `filter_images` and `filter_predictions`, so it can be
+tested and reused without a browser; the widget classes only wire ipywidgets to them.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+
+import ipywidgets as widgets
+import numpy as np
+import pandas as pd
+
+from conserviz_utils.errors import DataValidationError, ImageLoadError
+from conserviz_utils.files.images import open_image
+from conserviz_utils.labels import species_names
+from conserviz_utils.metrics import check_argument_order
+from conserviz_utils.split import species_order
+
+#: The dropdown entry that matches every species or site.
+ALL = "all"
+
+#: Longest side of the image shown: large enough to spot an animal, small enough to stay quick.
+BROWSER_IMAGE_SIDE = 480
+
+
+def _label_names(labels: pd.DataFrame | pd.Series) -> pd.Series:
+    """One species name per image id (the labels module's rule), refusing repeated ids."""
+    names = species_names(labels, species=None).astype(str)
+    if names.index.has_duplicates:
+        raise DataValidationError(
+            "labels list some ids more than once",
+            rows=names.index[names.index.duplicated()].unique(),
+            fix="keep one label row per image id",
+        )
+    return names
+
+
+def _jpeg_thumbnail(path, side: int) -> bytes:
+    """The image at ``path`` as JPEG bytes, its longest side at most ``side`` pixels."""
+    picture = open_image(path)
+    picture.thumbnail((side, side))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def filter_images(
+    features: pd.DataFrame,
+    labels: pd.DataFrame | pd.Series | None = None,
+    species: str = ALL,
+    site: str = ALL,
+) -> pd.DataFrame:
+    """The images of one species at one site (`ALL` matches any), in the order of ``features``.
+
+    Args:
+        features: frame indexed by id with ``path`` and ``site`` columns.
+        labels: one-hot frame or Series of species names for those ids; needed to filter by
+            species.
+        species: a species name, or `ALL`.
+        site: a site name, or `ALL`.
+
+    Returns:
+        The matching rows with columns ``path``, ``site`` and, with labels, ``species``.
+    """
+    columns = features.columns if isinstance(features, pd.DataFrame) else []
+    missing = [c for c in ("path", "site") if c not in columns]
+    if missing:
+        raise DataValidationError(
+            f"features have no {missing[0]!r} column",
+            column=missing[0],
+            fix="pass the features of load_competition (columns path and site)",
+        )
+    table = features[["path", "site"]].copy()
+    if labels is not None:
+        names = _label_names(labels)
+        unlabelled = table.index.difference(names.index)
+        if len(unlabelled):
+            raise DataValidationError(
+                "these images have no label",
+                rows=unlabelled,
+                fix="pass labels for every image, or labels=None to browse unlabelled images",
+            )
+        table["species"] = names.reindex(table.index)
+    if species != ALL:
+        if labels is None:
+            raise DataValidationError(
+                f"cannot filter by species {species!r} without labels",
+                fix="pass labels=data.train_labels",
+            )
+        if species not in set(table["species"]):
+            raise DataValidationError(
+                f"no image is labelled {species!r}",
+                column="species",
+                fix=f"pick one of {species_order(table['species'])} or {ALL!r}",
+            )
+        table = table[table["species"] == species]
+    if site != ALL:
+        if site not in set(features["site"]):
+            raise DataValidationError(
+                f"no image comes from site {site!r}",
+                column="site",
+                fix=f"pick a site of the features or {ALL!r}",
+            )
+        table = table[table["site"] == site]
+    return table
+
+
+class ImageBrowser(widgets.VBox):
+    """Species and site dropdowns, a slider through the matching images, and the image itself."""
+
+    def __init__(
+        self, features: pd.DataFrame, labels: pd.DataFrame | pd.Series | None = None
+    ) -> None:
+        self._features = features
+        self._labels = labels
+        everything = filter_images(features, labels)
+        if everything.empty:
+            raise DataValidationError(
+                "there are no images to browse", fix="pass a non-empty features frame"
+            )
+        labelled = labels is not None
+        species_options = [ALL, *species_order(everything["species"])] if labelled else [ALL]
+        self.species = widgets.Dropdown(options=species_options, value=ALL, description="species")
+        self.species.disabled = not labelled
+        sites = [ALL, *sorted(everything["site"].unique())]
+        self.site = widgets.Dropdown(options=sites, value=ALL, description="site")
+        self.slider = widgets.IntSlider(
+            min=0, max=0, value=0, description="image", continuous_update=False
+        )
+        self.count = widgets.Label()
+        self.image = widgets.Image(
+            format="jpeg", layout=widgets.Layout(max_width=f"{BROWSER_IMAGE_SIDE}px")
+        )
+        self.caption = widgets.HTML()
+        self.matches = everything
+        self._refreshing = False
+        super().__init__([
+            widgets.HBox([self.species, self.site]),
+            widgets.HBox([self.slider, self.count]),
+            self.image,
+            self.caption,
+        ])
+        self.add_class("conserviz-image-browser")  # a handle for the browser test and CSS
+        self.species.observe(self._on_filter, names="value")
+        self.site.observe(self._on_filter, names="value")
+        self.slider.observe(self._on_slide, names="value")
+        self._refilter()
+
+    def _on_filter(self, _change: dict) -> None:
+        self._refilter()
+
+    def _on_slide(self, _change: dict) -> None:
+        if not self._refreshing:
+            self._show()
+
+    def _refilter(self) -> None:
+        """Apply the dropdowns, reset the slider to the new matches and show the first one."""
+        self.matches = filter_images(
+            self._features, self._labels, self.species.value, self.site.value
+        )
+        self._refreshing = True  # one redraw below, not one per slider change
+        try:
+            self.slider.value = 0
+            self.slider.max = max(len(self.matches) - 1, 0)
+            self.slider.disabled = len(self.matches) <= 1
+        finally:
+            self._refreshing = False
+        self.count.value = f"{len(self.matches):,} matching image(s)"
+        self._show()
+
+    def _show(self) -> None:
+        """Draw the image under the slider with its id, site and label."""
+        if self.matches.empty:
+            self.image.value = b""
+            self.caption.value = "<i>No image of this species at this site.</i>"
+            return
+        row = self.matches.iloc[self.slider.value]
+        label = row["species"] if "species" in row.index else "unlabelled"
+        caption = html.escape(f"{row.name} · site {row['site']} · {label}")
+        try:
+            self.image.value = _jpeg_thumbnail(row["path"], BROWSER_IMAGE_SIDE)
+        except ImageLoadError as exc:  # one broken file must not break the browsing
+            self.image.value = b""
+            self.caption.value = f"{caption}<br><b>Cannot show it:</b> {html.escape(str(exc))}"
+            return
+        self.caption.value = caption
+
+
+def image_browser(
+    features: pd.DataFrame, labels: pd.DataFrame | pd.Series | None = None
+) -> ImageBrowser:
+    """A widget to browse the images by species and site (display it as a cell's last line)."""
+    return ImageBrowser(features, labels)
+
+
+# --- the prediction explorer of notebook 05 --------------------------------------------------
+
+#: Longest side of each image in the prediction explorer: several fit side by side.
+EXPLORER_IMAGE_SIDE = 240
+
+#: Images shown at once by the prediction explorer; a slider pages through the rest.
+EXPLORER_PER_PAGE = 6
+
+#: The heading above notebook 05's confusion matrix ("### The confusion matrix") as a link
+#: target: JupyterLab names each markdown heading by its text, spaces replaced by dashes.
+CONFUSION_MATRIX_ANCHOR = "The-confusion-matrix"
+
+
+def _probability_table(probs: pd.DataFrame) -> pd.DataFrame:
+    """The probabilities as floats, refusing what is not a frame of numbers indexed by id."""
+    if not isinstance(probs, pd.DataFrame) or probs.shape[1] < 2:
+        raise DataValidationError(
+            "probabilities must be a DataFrame indexed by id with one column per species",
+            fix="pass the eval probabilities, e.g. apply_temperature(logits, 1.0)",
+        )
+    non_numeric = [c for c in probs.columns if not pd.api.types.is_numeric_dtype(probs[c])]
+    if non_numeric:
+        raise DataValidationError(
+            "probabilities must be numbers",
+            column=str(non_numeric[0]),
+            fix="pass one numeric column of probabilities per species",
+        )
+    if probs.index.has_duplicates:
+        raise DataValidationError(
+            "probabilities list some ids more than once",
+            rows=probs.index[probs.index.duplicated()].unique(),
+            fix="keep one row of probabilities per image id",
+        )
+    return probs.astype(float)
+
+
+def _pick(value: str, options, what: str) -> None:
+    """Refuse a dropdown value that cannot match anything, listing what can."""
+    if value != ALL and value not in set(options):
+        raise DataValidationError(
+            f"no eval image has {what} {value!r}",
+            column=what.split()[-1],
+            fix=f"pick one of {sorted(set(options))} or {ALL!r}",
+        )
+
+
+def prediction_table(
+    labels: pd.DataFrame | pd.Series, probs: pd.DataFrame, features: pd.DataFrame
+) -> pd.DataFrame:
+    """One row per predicted image: path, site, true and predicted species, confidence.
+
+    Arguments come in scikit-learn's order, like the metrics: true labels, then predictions.
+
+    Args:
+        labels: The labels (a one-hot frame or species names); may cover more ids.
+        probs: Eval probabilities indexed by id, one column per species.
+        features: Frame with ``path`` and ``site`` for those ids (``data.train_features``).
+
+    Returns:
+        Indexed by id in the order of ``probs``: ``path``, ``site``, ``true``, ``predicted``,
+        ``confidence`` (the largest probability) and ``p_true`` (the true species' probability).
+    """
+    check_argument_order(labels, probs, "prediction_explorer(labels, probs, features)")
+    probs = _probability_table(probs)
+    if not isinstance(features, pd.DataFrame):
+        raise DataValidationError(
+            f"features must be a DataFrame with path and site columns, not {type(features).__name__}",
+            fix="pass data.train_features",
+        )
+    if features.index.has_duplicates:
+        raise DataValidationError(
+            "features list some ids more than once",
+            rows=features.index[features.index.duplicated()].unique(),
+            fix="keep one row per image id",
+        )
+    names = _label_names(labels)
+    unlabelled = probs.index.difference(names.index)
+    if len(unlabelled):
+        raise DataValidationError(
+            "these predicted images have no label",
+            rows=unlabelled,
+            fix="pass the labels of the eval images, e.g. data.train_labels",
+        )
+    table = filter_images(features.reindex(probs.index), None)  # checks path and site
+    missing = probs.index[table["path"].isna().to_numpy()]
+    if len(missing):
+        raise DataValidationError(
+            "the features have no image path for these predicted images",
+            column="path",
+            rows=missing,
+            fix="pass the features the eval images come from (data.train_features)",
+        )
+    true = names.reindex(probs.index)
+    unknown = sorted(set(true) - set(map(str, probs.columns)))
+    if unknown:
+        raise DataValidationError(
+            f"labels name species that have no probability column: {', '.join(unknown[:5])}",
+            fix="give the probabilities one column per species of the labels",
+        )
+    values = probs.to_numpy()
+    columns = [str(c) for c in probs.columns]
+    table["true"] = true.to_numpy()
+    table["predicted"] = np.asarray(columns, dtype=object)[values.argmax(axis=1)]
+    table["confidence"] = values.max(axis=1)
+    positions = pd.Index(columns).get_indexer(table["true"])
+    table["p_true"] = values[np.arange(len(values)), positions]
+    return table
+
+
+def filter_predictions(
+    labels: pd.DataFrame | pd.Series,
+    probs: pd.DataFrame,
+    features: pd.DataFrame,
+    true_species: str = ALL,
+    predicted_species: str = ALL,
+    site: str = ALL,
+) -> pd.DataFrame:
+    """The eval images of one true species, predicted as one species, at one site; surest first.
+
+    Each choice may be `ALL`. The rows are those of `prediction_table`, sorted by confidence
+    (highest first; ties in the order of ``probs``), so the model's surest mistakes come first.
+    """
+    table = prediction_table(labels, probs, features)
+    _pick(true_species, table["true"], "true species")
+    _pick(predicted_species, [str(c) for c in probs.columns], "predicted species")
+    _pick(site, table["site"].astype(str), "site")
+    keep = np.ones(len(table), dtype=bool)
+    if true_species != ALL:
+        keep &= (table["true"] == true_species).to_numpy()
+    if predicted_species != ALL:
+        keep &= (table["predicted"] == predicted_species).to_numpy()
+    if site != ALL:
+        keep &= (table["site"].astype(str) == site).to_numpy()
+    return table[keep].sort_values("confidence", ascending=False, kind="stable")
+
+
+def probability_bars_html(probabilities: pd.Series, true_species: str) -> str:
+    """An HTML bar chart of one image's probabilities, the true species in green.
+
+    The most probable species is drawn in green when it is the true one, else in red; the
+    species keep the order of ``probabilities`` (the probability columns), so bars line up
+    from one image to the next.
+    """
+    predicted = str(probabilities.idxmax())
+    rows = []
+    for species, p in probabilities.items():
+        species = str(species)
+        if species == true_species:
+            colour = "#2e7d32"
+        elif species == predicted:
+            colour = "#c62828"
+        else:
+            colour = "#90a4ae"
+        weight = "bold" if species in (true_species, predicted) else "normal"
+        rows.append(
+            '<div style="display:flex;align-items:center;font-size:11px;line-height:14px">'
+            f'<span style="width:120px;font-weight:{weight}">{html.escape(species)}</span>'
+            f'<span style="display:inline-block;height:10px;width:{100 * float(p):.1f}px;'
+            f'background:{colour}"></span>'
+            f'<span style="margin-left:4px">{float(p):.2f}</span></div>'
+        )
+    return f'<div class="conserviz-bars">{"".join(rows)}</div>'
+
+
+class PredictionExplorer(widgets.VBox):
+    """True-species, predicted-species and site dropdowns over the eval images, surest first.
+
+    Each matching image is shown with its id, site, true species and a bar of its probabilities;
+    a slider pages through the matches, and a link leads back to the confusion matrix.
+    """
+
+    def __init__(
+        self,
+        labels: pd.DataFrame | pd.Series,
+        probs: pd.DataFrame,
+        features: pd.DataFrame,
+        per_page: int = EXPLORER_PER_PAGE,
+        confusion_anchor: str | None = CONFUSION_MATRIX_ANCHOR,
+    ) -> None:
+        if not isinstance(per_page, int) or per_page < 1:
+            raise DataValidationError(
+                f"per_page must be a positive whole number, got {per_page!r}", fix="pass e.g. 6"
+            )
+        self._probs = probs
+        self._labels = labels
+        self._features = features
+        self.per_page = per_page
+        everything = prediction_table(labels, probs, features)
+        if everything.empty:
+            raise DataValidationError(
+                "there are no predictions to explore", fix="pass the eval probabilities"
+            )
+        species = [str(c) for c in probs.columns]
+        self.true_species = widgets.Dropdown(
+            options=[ALL, *species_order(everything["true"])], value=ALL, description="true"
+        )
+        self.predicted_species = widgets.Dropdown(
+            options=[ALL, *species], value=ALL, description="predicted"
+        )
+        self.site = widgets.Dropdown(
+            options=[ALL, *sorted(everything["site"].astype(str).unique())],
+            value=ALL,
+            description="site",
+        )
+        self.page = widgets.IntSlider(
+            min=0, max=0, value=0, description="page", continuous_update=False
+        )
+        self.count = widgets.Label()
+        # An Output, not an HTML widget: JupyterLab renders its HTML itself and follows an
+        # in-notebook "#heading" link (to the heading's data-jupyter-id); in an HTML widget's
+        # raw innerHTML the link would go nowhere.
+        self.link = widgets.Output()
+        if confusion_anchor:
+            self.link.outputs = ({
+                "output_type": "display_data",
+                "data": {
+                    "text/html": f'<a href="#{html.escape(confusion_anchor)}">↑ the confusion matrix</a>',
+                    "text/plain": f"the confusion matrix: #{confusion_anchor}",
+                },
+                "metadata": {},
+            },)
+        self.cards = []
+        for _ in range(per_page):
+            image = widgets.Image(
+                format="jpeg", layout=widgets.Layout(max_width=f"{EXPLORER_IMAGE_SIDE}px")
+            )
+            caption = widgets.HTML()
+            card = widgets.VBox(
+                [image, caption],
+                layout=widgets.Layout(width=f"{EXPLORER_IMAGE_SIDE + 10}px", margin="4px"),
+            )
+            card.add_class("conserviz-card")
+            self.cards.append((card, image, caption))
+        self.matches = everything
+        self._refreshing = False
+        super().__init__([
+            widgets.HBox([self.true_species, self.predicted_species, self.site]),
+            widgets.HBox([self.page, self.count, self.link]),
+            widgets.Box(
+                [card for card, _, _ in self.cards],
+                layout=widgets.Layout(display="flex", flex_flow="row wrap"),
+            ),
+        ])
+        self.add_class("conserviz-prediction-explorer")  # a handle for the browser test and CSS
+        for dropdown in (self.true_species, self.predicted_species, self.site):
+            dropdown.observe(self._on_filter, names="value")
+        self.page.observe(self._on_page, names="value")
+        self._refilter()
+
+    def _on_filter(self, _change: dict) -> None:
+        self._refilter()
+
+    def _on_page(self, _change: dict) -> None:
+        if not self._refreshing:
+            self._show()
+
+    def _refilter(self) -> None:
+        """Apply the dropdowns, go back to the first page and draw it."""
+        self.matches = filter_predictions(
+            self._labels,
+            self._probs,
+            self._features,
+            self.true_species.value,
+            self.predicted_species.value,
+            self.site.value,
+        )
+        pages = max(-(-len(self.matches) // self.per_page), 1)
+        self._refreshing = True  # one redraw below, not one per slider change
+        try:
+            self.page.value = 0
+            self.page.max = pages - 1
+            self.page.disabled = pages <= 1
+        finally:
+            self._refreshing = False
+        self._show()
+
+    def shown(self) -> pd.DataFrame:
+        """The rows of the matches on the current page."""
+        start = self.page.value * self.per_page
+        return self.matches.iloc[start : start + self.per_page]
+
+    def _show(self) -> None:
+        """Fill the cards with the current page's images and probability bars."""
+        rows = self.shown()
+        start = self.page.value * self.per_page
+        if self.matches.empty:
+            self.count.value = "no eval image matches"
+        else:
+            self.count.value = (
+                f"{len(self.matches):,} matching image(s), surest first; "
+                f"showing {start + 1}–{start + len(rows)}"
+            )
+        probs = self._probs
+        for k, (card, image, caption) in enumerate(self.cards):
+            if k >= len(rows):
+                card.layout.display = "none"
+                image.value = b""
+                caption.value = ""
+                continue
+            card.layout.display = "flex"
+            row = rows.iloc[k]
+            verdict = "right" if row["predicted"] == row["true"] else f"predicted {row['predicted']}"
+            title = html.escape(f"{row.name} · site {row['site']} · {row['true']} ({verdict})")
+            bars = probability_bars_html(probs.loc[row.name].astype(float), row["true"])
+            try:
+                image.value = _jpeg_thumbnail(row["path"], EXPLORER_IMAGE_SIDE)
+            except ImageLoadError as exc:  # one broken file must not break the exploring
+                image.value = b""
+                title += f"<br><b>Cannot show it:</b> {html.escape(str(exc))}"
+            caption.value = f'<div style="font-size:11px">{title}</div>{bars}'
+
+
+def prediction_explorer(
+    labels: pd.DataFrame | pd.Series,
+    probs: pd.DataFrame,
+    features: pd.DataFrame,
+    per_page: int = EXPLORER_PER_PAGE,
+    confusion_anchor: str | None = CONFUSION_MATRIX_ANCHOR,
+) -> PredictionExplorer:
+    """A widget to explore the eval predictions by true species, predicted species and site.
+
+    Args:
+        labels: The eval images' labels (``data.train_labels`` may cover more ids).
+        probs: Eval probabilities indexed by id, one column per species.
+        features: The features with each image's ``path`` and ``site`` (``data.train_features``).
+        per_page: Images shown at once.
+        confusion_anchor: Id of the element the "confusion matrix" link jumps to; None for no link.
+    """
+    return PredictionExplorer(labels, probs, features, per_page, confusion_anchor)

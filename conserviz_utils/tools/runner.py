@@ -1,0 +1,809 @@
+"""The headless runner of ``make course``: each notebook in a fresh kernel, and it never hangs.
+
+``python -m conserviz_utils.tools.runner`` (what ``make course`` runs) executes the course notebooks in
+order, each in its own kernel, keeps the executed copies under ``outputs/executed/`` and prints
+the headline figures. Three things make it safe to leave running on real data:
+
+- **A dead kernel ends the run within seconds.** Kernels are driven through nbclient with an
+  ``AsyncKernelManager``, so nbclient's once-a-second liveness check runs while a cell executes;
+  a kernel killed by the system (out of memory) or crashed (a full disk under a memory-mapped
+  file) stops the run with the notebook, the cell and the likely cause, and a non-zero exit.
+  There is no per-cell timeout by default: a long fine-tuning epoch is not a failure.
+- **Ctrl-C and SIGTERM stop it promptly.** The running kernel is interrupted (so training saves
+  its resumable state at the next batch), given up to 30 seconds, then killed; a second signal
+  kills at once. Every kernel is shut down, also after each notebook that finishes normally.
+- **It says what it is doing.** The notebook, each section heading as it is reached, and the
+  progress bar of a long cell with its ETA (throttled to one line every few seconds).
+
+The executed copies are cleared of the outputs stored in the notebooks before they run, so a
+failed copy shows only this run's results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import html
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conserviz_utils.errors import ConservizError
+from conserviz_utils.files.fileio import atomic_write_text
+
+__all__ = [
+    "CORE_NOTEBOOKS",
+    "NOTEBOOKS",
+    "CourseStopped",
+    "NotebookRunError",
+    "ProgressReporter",
+    "clear_outputs",
+    "course_notebooks",
+    "likely_cause",
+    "main",
+    "run_notebooks",
+]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+
+#: The course notebooks, in the order they run.
+CORE_NOTEBOOKS = ("01_explore", "02_split", "03_model", "04_train", "05_evaluate", "06_submit")
+#: Notebooks that run after the core ones when they exist.
+OPTIONAL_NOTEBOOKS = ("07_improve",)
+
+# A disk with less free space than this when a kernel dies is the likely culprit.
+LOW_DISK_BYTES = 512 * 1024**2
+# A kernel that used more than this share of the machine's memory when it was killed ran out of it.
+HIGH_MEMORY_SHARE = 0.75
+
+
+def course_notebooks(notebooks_dir: str | os.PathLike = NOTEBOOKS_DIR) -> tuple[str, ...]:
+    """The notebooks ``make course`` runs: the six core ones, then the optional ones that exist."""
+    folder = Path(notebooks_dir)
+    return CORE_NOTEBOOKS + tuple(name for name in OPTIONAL_NOTEBOOKS if (folder / f"{name}.ipynb").is_file())
+
+
+NOTEBOOKS = course_notebooks()
+
+
+class NotebookRunError(ConservizError):
+    """A notebook of the course failed: a cell raised, its kernel died, or a cell timed out."""
+
+    def __init__(self, problem: str, *, notebook: str, cell_index: int | None = None, **kwargs) -> None:
+        super().__init__(problem, **kwargs)
+        self.notebook = notebook
+        self.cell_index = cell_index
+
+
+class CourseStopped(Exception):
+    """The run was stopped by SIGINT (Ctrl-C) or SIGTERM; every kernel has been shut down."""
+
+    def __init__(self, signum: int, notebook: str | None, cell_index: int | None) -> None:
+        name = signal.Signals(signum).name
+        where = ""
+        if notebook:
+            where = f" in {notebook}.ipynb" + (f" ({cell_label(cell_index)})" if cell_index is not None else "")
+        super().__init__(f"stopped by {name}{where}")
+        self.signum = signum
+        self.notebook = notebook
+        self.cell_index = cell_index
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + the signal number."""
+        return 128 + int(self.signum)
+
+
+# --- what the terminal shows --------------------------------------------------------------------
+
+# tqdm's text bar ("embeddings:  45%|####5     | 45/100 [00:10<00:12, 4.50batch/s]"): its
+# percentage and bar, or its counts ("45/100 [", also what the notebook widget shows beside its
+# bar), or a bar without a total ("45batch [00:10").
+_PROGRESS_BAR = re.compile(
+    r"\d+%\|"
+    r"|\d+(?:\.\d+)?[kMG]?/\d+(?:\.\d+)?[kMG]?\s*\["
+    r"|\d+(?:\.\d+)?[kMG]?\w*\s*\[\d+:\d+"
+)
+_HEADING = re.compile(r"^(#{1,3})\s+(.+?)\s*#*\s*$")
+
+
+def markdown_headings(source: str) -> list[tuple[int, str]]:
+    """The (level, text) of the level-1 to 3 headings of a markdown cell, code fences skipped."""
+    headings, fenced = [], False
+    for line in source.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+            continue
+        match = None if fenced else _HEADING.match(line)
+        if match:
+            headings.append((len(match.group(1)), match.group(2)))
+    return headings
+
+
+def cell_label(index: int) -> str:
+    """How the messages name a cell: counted from 1, as a reader counts them."""
+    return f"cell {index + 1}"
+
+
+def first_line(source: str, width: int = 70) -> str:
+    """The first non-empty, non-comment line of a cell, shortened to ``width`` characters."""
+    lines = [line.strip() for line in source.splitlines() if line.strip()]
+    code = [line for line in lines if not line.startswith("#")] or lines or [""]
+    text = code[0]
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+class ProgressReporter:
+    """The runner's terminal lines: notebooks, section headings, and throttled progress bars.
+
+    Args:
+        write: Called with each line (default: print to stdout, flushed).
+        interval: Seconds between two progress-bar lines; a cell shorter than this shows none.
+        heartbeat: Seconds of silence in a running cell before a "still running" line.
+        clock: The time source (a fake one in tests).
+    """
+
+    def __init__(
+        self,
+        write: Callable[[str], None] | None = None,
+        interval: float = 5.0,
+        heartbeat: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.write = write or (lambda line: print(line, flush=True))
+        self.interval = interval
+        self.heartbeat = heartbeat
+        self.clock = clock
+        self.notebook: str | None = None
+        self.section: str | None = None
+        self.cell_index: int | None = None
+        self.cell_source = ""
+        self.cell_start_time = clock()
+        self.last_line = clock()
+        self.last_bar = float("-inf")
+        self.unfinished_line = ""
+
+    def line(self, text: str) -> None:
+        """Write one line, prefixed like every line of the runner."""
+        self.last_line = self.clock()
+        self.write(f"[course] {text}")
+
+    def notebook_started(self, name: str, position: int, total: int, title: str | None) -> None:
+        self.notebook, self.section, self.cell_index = name, None, None
+        self.line(f"running {name}.ipynb ({position}/{total})" + (f": {title}" if title else "") + " …")
+
+    def notebook_done(self, name: str, seconds: float) -> None:
+        self.line(f"{name}.ipynb done in {seconds:.0f} s")
+
+    def markdown(self, source: str) -> None:
+        """Report the section headings of a markdown cell (the notebook's title is skipped)."""
+        for level, text in markdown_headings(source):
+            self.section = text
+            if level > 1:
+                self.line(f"  § {text}")
+
+    def cell_started(self, index: int, source: str) -> None:
+        self.cell_index, self.cell_source = index, source
+        self.cell_start_time = self.clock()
+        self.unfinished_line = ""
+
+    def progress_text(self, text: str) -> None:
+        """Forward the latest progress bar in ``text`` (a chunk of stderr), throttled.
+
+        The kernel sends stderr in chunks that may cut a line anywhere, so only complete lines
+        (ended by the carriage return or newline tqdm writes before the next state) are read.
+        """
+        pieces = re.split(r"[\r\n]", self.unfinished_line + text)
+        self.unfinished_line = pieces.pop()[-2000:]
+        bars = [piece.strip() for piece in pieces if _PROGRESS_BAR.search(piece)]
+        if bars:
+            self.bar(bars[-1])
+
+    def bar(self, text: str) -> None:
+        """Show one progress bar's state if the cell has run long enough and none was shown lately."""
+        now = self.clock()
+        if now - self.cell_start_time < self.interval or now - self.last_bar < self.interval:
+            return
+        self.last_bar = now
+        self.line(f"    {text}")
+
+    def tick(self) -> None:
+        """Say that a long, silent cell is still running (called about once a second)."""
+        now = self.clock()
+        if self.cell_index is None or now - self.last_line < self.heartbeat:
+            return
+        minutes = (now - self.cell_start_time) / 60
+        what = first_line(self.cell_source)
+        self.line(f"    … still running {cell_label(self.cell_index)} ({minutes:.0f} min): {what}")
+
+
+# --- the executed copies --------------------------------------------------------------------------
+
+
+def clear_outputs(notebook) -> None:
+    """Remove every stored output, execution count and widget state from a notebook, in place."""
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+            cell.metadata.pop("execution", None)
+    notebook.metadata.pop("widgets", None)
+
+
+def write_notebook(notebook, path: Path) -> None:
+    """Write a notebook atomically (a killed run never leaves half a file)."""
+    import nbformat
+
+    atomic_write_text(path, nbformat.writes(notebook), what="executed notebook")
+
+
+# --- why a kernel died ----------------------------------------------------------------------------
+
+
+def likely_cause(
+    exit_code: int | None,
+    *,
+    peak_memory: int | None = None,
+    total_memory: int | None = None,
+    disk_free: int | None = None,
+    output_dir: Path | None = None,
+) -> tuple[str, str]:
+    """The likely cause of a kernel's death and what to do, from its exit status and the machine.
+
+    Args:
+        exit_code: The kernel process's return code (negative: the signal that ended it).
+        peak_memory: The most memory the kernel (with its workers) used, in bytes, if measured.
+        total_memory: The machine's memory in bytes, if known.
+        disk_free: Free bytes on the disk of ``output_dir``, if known.
+        output_dir: The course's output folder.
+
+    Returns:
+        (cause, fix): two short sentences for the error message.
+    """
+    memory = ""
+    if peak_memory and total_memory:
+        memory = f" (at its peak it used {size_text(peak_memory)} of the machine's {size_text(total_memory)})"
+    low_disk = disk_free is not None and disk_free < LOW_DISK_BYTES
+    disk = f"the disk of {output_dir} has only {disk_free / 1e6:.0f} MB free" if low_disk else ""
+    memory_fix = "lower CONSERVIZ_BATCH_SIZE (e.g. 16), close other programs, or use a machine with more memory"
+    disk_fix = f"free some disk space on the drive of {output_dir} (`make clean` removes the caches)"
+
+    if exit_code == -signal.SIGKILL:
+        high = peak_memory and total_memory and peak_memory > HIGH_MEMORY_SHARE * total_memory
+        if low_disk and not high:
+            return f"it was killed (SIGKILL); {disk}: disk full?", disk_fix
+        return f"it was killed (SIGKILL), most often by the system running out of memory{memory}: out of memory?", (
+            memory_fix
+        )
+    if exit_code == -getattr(signal, "SIGBUS", 7):
+        return (
+            "it crashed with SIGBUS, which usually means a full disk under a memory-mapped file"
+            + (f"; {disk}" if disk else "")
+            + ": disk full?",
+            disk_fix,
+        )
+    if low_disk:
+        return f"it ended with status {exit_code}; {disk}: disk full?", disk_fix
+    if exit_code is not None and exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = str(-exit_code)
+        return f"it was ended by signal {name}{memory}", "run the notebook in Jupyter to see where it stops"
+    return (
+        f"it exited with status {exit_code}{memory}",
+        "run the notebook in Jupyter to see where it stops; " + memory_fix,
+    )
+
+
+def size_text(n_bytes: float) -> str:
+    """A size in MB below a gigabyte, in GB above."""
+    return f"{n_bytes / 1e6:.0f} MB" if n_bytes < 1e9 else f"{n_bytes / 1e9:.1f} GB"
+
+
+def kernel_memory(pid: int | None) -> int | None:
+    """The resident memory of a kernel and its child processes (DataLoader workers), in bytes."""
+    if pid is None:
+        return None
+    try:
+        import psutil
+    except ImportError:  # psutil comes with ipykernel; without it the message just says less
+        return None
+    try:
+        process = psutil.Process(pid)
+        processes = [process, *process.children(recursive=True)]
+    except psutil.Error:
+        return None
+    total = 0
+    for member in processes:
+        with contextlib.suppress(psutil.Error):
+            total += member.memory_info().rss
+    return total
+
+
+def total_memory() -> int | None:
+    """The machine's memory in bytes, where it can be read."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def kill_process_group(pgid: int | None) -> None:
+    """SIGKILL a kernel's process group (the kernel and its workers); gone already is fine."""
+    if pgid is None or not hasattr(os, "killpg"):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+# --- running one notebook -------------------------------------------------------------------------
+
+
+@dataclass
+class StopRequest:
+    """What the signal handler asked for: which signal, and whether to stop at once."""
+
+    signum: int | None = None
+    immediate: bool = False
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def course_client_class():
+    """The nbclient ``NotebookClient`` subclass the runner uses (nbclient is imported lazily)."""
+    from nbclient import NotebookClient
+
+    class CourseClient(NotebookClient):
+        """nbclient's client, reporting progress; the runner owns the kernel's signals and shutdown."""
+
+        def __init__(self, nb, km, *, reporter: ProgressReporter, stop: StopRequest, **kwargs) -> None:
+            super().__init__(nb, km=km, **kwargs)
+            self.reporter = reporter
+            self.stop = stop
+            self.current_cell: int | None = None
+            self.bar_of_widget: dict[str, str] = {}  # widget id → id of the tqdm box holding it
+
+        @asynccontextmanager
+        async def async_setup_kernel(self, **kwargs):
+            """Start the kernel and its client; unlike nbclient's, install no signal handlers."""
+            if not self.km.has_kernel:
+                await self.async_start_new_kernel(**kwargs)
+            if self.kc is None:
+                await self.async_start_new_kernel_client()
+            yield
+
+        async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+            if self.stop.signum is not None:
+                raise CourseStopped(self.stop.signum, self.reporter.notebook, self.current_cell)
+            if cell.cell_type == "markdown":
+                self.reporter.markdown(cell.source)
+            elif cell.cell_type == "code" and cell.source.strip():
+                self.current_cell = cell_index
+                self.reporter.cell_started(cell_index, cell.source)
+            return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+
+        def output(self, outs, msg, display_id, cell_index):
+            if msg["msg_type"] == "stream" and msg["content"].get("name") == "stderr":
+                self.reporter.progress_text(msg["content"].get("text", ""))
+            return super().output(outs, msg, display_id, cell_index)
+
+        def handle_comm_msg(self, outs, msg, cell_index):
+            super().handle_comm_msg(outs, msg, cell_index)
+            data = msg["content"].get("data") or {}
+            state = data.get("state") or {}
+            comm_id = msg["content"].get("comm_id")
+            # tqdm's notebook bar is a box of [description, bar, counts and ETA] widgets.
+            for child in state.get("children") or []:
+                if isinstance(child, str):
+                    self.bar_of_widget[child.removeprefix("IPY_MODEL_")] = comm_id
+            # tqdm updates the counts and ETA last: the box's text is whole once they change.
+            box = self.bar_of_widget.get(comm_id)
+            children = self.widget_state.get(box, {}).get("children") or [] if box else []
+            if isinstance(state.get("value"), str) and children and str(children[-1]).endswith(comm_id):
+                text = self.widget_bar_text(children)
+                if _PROGRESS_BAR.search(text):
+                    self.reporter.bar(text)
+
+        def widget_bar_text(self, children: list) -> str:
+            """The text of a tqdm notebook bar: its description and its counts with the ETA."""
+            parts = []
+            for child in children:
+                value = self.widget_state.get(str(child).removeprefix("IPY_MODEL_"), {}).get("value")
+                if isinstance(value, str) and value.strip():
+                    # tqdm pads with figure spaces (U+2007) so the widget's digits line up.
+                    parts.append(html.unescape(value).replace("\u2007", " ").replace("\xa0", " ").strip())
+            return "| ".join(parts)
+
+    return CourseClient
+
+
+@dataclass
+class KernelWatch:
+    """What the runner knows of the running kernel: its process, its peak memory."""
+
+    manager: object | None = None
+    pid: int | None = None
+    pgid: int | None = None
+    peak_memory: int | None = None
+    done: bool = False
+
+
+def find_kernel_process(watch: KernelWatch) -> None:
+    """Fill in the kernel's pid and process group once its manager has started it."""
+    if watch.pid is None and watch.manager is not None:
+        provisioner = getattr(watch.manager, "provisioner", None)
+        watch.pid = getattr(provisioner, "pid", None)
+        watch.pgid = getattr(provisioner, "pgid", None)
+
+
+async def watch_kernel(watch: KernelWatch, reporter: ProgressReporter, period: float = 1.0) -> None:
+    """Sample the kernel's memory and let the reporter say "still running", about once a second."""
+    while not watch.done:
+        find_kernel_process(watch)
+        memory = await asyncio.to_thread(kernel_memory, watch.pid)
+        if memory is not None:
+            watch.peak_memory = max(watch.peak_memory or 0, memory)
+        reporter.tick()
+        await asyncio.sleep(period)
+
+
+async def stop_kernel(watch: KernelWatch, stop: StopRequest, grace: float) -> None:
+    """Interrupt the kernel (training saves its state at the next batch), then kill it after ``grace`` s."""
+    manager = watch.manager
+    if manager is not None and not stop.immediate:
+        with contextlib.suppress(Exception):  # a kernel that is starting or gone cannot be interrupted
+            await manager.interrupt_kernel()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.event.wait(), timeout=grace)
+    if not watch.done:
+        find_kernel_process(watch)
+        kill_process_group(watch.pgid)
+
+
+async def shut_down(client, manager, watch: KernelWatch, now: bool) -> None:
+    """Stop the kernel client's channels and the kernel itself (with its process group)."""
+    with contextlib.suppress(Exception):
+        if client.kc is not None:
+            client.kc.stop_channels()
+    try:
+        if manager.has_kernel:
+            await asyncio.wait_for(manager.shutdown_kernel(now=now), timeout=15)
+    except Exception:  # a kernel that will not stop is killed, whatever state it is in
+        kill_process_group(watch.pgid)
+        with contextlib.suppress(Exception):
+            await manager.shutdown_kernel(now=True)
+    kill_process_group(watch.pgid)  # DataLoader workers a killed kernel may have left behind
+
+
+async def run_one(
+    name: str,
+    position: int,
+    total: int,
+    notebooks_dir: Path,
+    executed_dir: Path,
+    output_dir: Path,
+    sockets: Path,
+    reporter: ProgressReporter,
+    stop: StopRequest,
+    watch: KernelWatch,
+    cell_timeout: float | None,
+) -> float:
+    """Execute one notebook in a fresh kernel and save its executed copy; returns the seconds."""
+    import nbformat
+    from jupyter_client.manager import AsyncKernelManager
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    source = notebooks_dir / f"{name}.ipynb"
+    executed = executed_dir / f"{name}.ipynb"
+    try:
+        notebook = nbformat.read(source, as_version=4)
+    except (OSError, ValueError) as err:
+        raise NotebookRunError(
+            f"cannot read this notebook ({err})", notebook=name, path=source, fix="restore it from git"
+        ) from None
+    clear_outputs(notebook)
+    write_notebook(notebook, executed)  # a run killed from outside leaves a copy with no stale outputs
+    title = next((text for cell in notebook.cells if cell.cell_type == "markdown"
+                  for level, text in markdown_headings(cell.source) if level == 1), None)
+    reporter.notebook_started(name, position, total, title)
+
+    # Local sockets, not TCP: nothing listens on the network, and the kernel does not warn.
+    manager = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(sockets / name))
+    client = course_client_class()(
+        notebook,
+        manager,
+        reporter=reporter,
+        stop=stop,
+        timeout=cell_timeout,
+        resources={"metadata": {"path": str(notebooks_dir)}},
+    )
+    watch.manager, watch.pid, watch.pgid, watch.peak_memory, watch.done = manager, None, None, None, False
+    monitor = asyncio.ensure_future(watch_kernel(watch, reporter))
+    started = time.perf_counter()
+    failed = True
+    try:
+        await client.async_execute()
+        failed = False
+    except CourseStopped:
+        raise
+    except Exception as error:
+        if stop.signum is not None:  # the interrupt or the kill we sent surfaced as a cell error
+            raise CourseStopped(stop.signum, name, client.current_cell) from None
+        cell = client.current_cell
+        where = cell_label(cell) if cell is not None else "its start"
+        if cell is not None and reporter.section:
+            where += f" (section {reporter.section!r})"
+        line = first_line(notebook.cells[cell].source) if cell is not None else ""
+        if isinstance(error, DeadKernelError):
+            exit_code = None
+            with contextlib.suppress(Exception):
+                exit_code = await manager.provisioner.poll()
+            disk_free = None
+            with contextlib.suppress(OSError):
+                disk_free = shutil.disk_usage(output_dir if output_dir.exists() else executed_dir).free
+            cause, fix = likely_cause(
+                exit_code,
+                peak_memory=watch.peak_memory,
+                total_memory=total_memory(),
+                disk_free=disk_free,
+                output_dir=output_dir,
+            )
+            if cell is not None:
+                notebook.cells[cell].outputs.append(nbformat.v4.new_output(
+                    "error", ename="DeadKernelError", evalue=f"the kernel died: {cause}", traceback=[]
+                ))
+            problem = f"the kernel died while running {where}: `{line}`; {cause}"
+        elif isinstance(error, CellTimeoutError):
+            problem = f"{where} ran longer than the cell timeout of {cell_timeout:.0f} s: `{line}`"
+            fix = "run without --cell-timeout (there is none by default)"
+        elif isinstance(error, CellExecutionError):
+            problem = f"{where} failed: `{line}`: {error.ename}: {error.evalue}"
+            fix = "the executed copy shows the full traceback"
+        else:
+            problem = f"the kernel could not run {where}: {type(error).__name__}: {error}"
+            fix = "run `make course` again; if it repeats, run the notebook in Jupyter"
+        raise NotebookRunError(
+            f"{problem}{' ' if problem.endswith('?') else '. '}The executed copy is {executed}",
+            notebook=name,
+            cell_index=cell,
+            path=source,
+            fix=fix,
+        ) from None
+    finally:
+        find_kernel_process(watch)
+        watch.done = True
+        stop.event.set()
+        monitor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await monitor
+        await shut_down(client, manager, watch, now=failed)
+        watch.manager = None
+        stop.event = asyncio.Event()
+        with contextlib.suppress(ConservizError):
+            write_notebook(notebook, executed)
+    seconds = time.perf_counter() - started
+    reporter.notebook_done(name, seconds)
+    return seconds
+
+
+async def run_all(
+    notebooks_dir: Path,
+    executed_dir: Path,
+    names: Sequence[str],
+    output_dir: Path,
+    reporter: ProgressReporter,
+    cell_timeout: float | None,
+    stop_grace: float,
+) -> list[tuple[str, float]]:
+    """Run the notebooks one after the other, with SIGINT and SIGTERM stopping the whole run."""
+    stop, watch = StopRequest(), KernelWatch()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.signum is None:
+            stop.signum = signum
+            reporter.line(
+                f"{signal.Signals(signum).name}: stopping — the kernel gets {stop_grace:.0f} s to stop at a safe "
+                "point (training saves its state); press Ctrl-C again to stop at once"
+            )
+        else:
+            stop.immediate = True
+            reporter.line("stopping at once")
+        asyncio.ensure_future(stop_kernel(watch, stop, stop_grace))
+
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, on_signal, signum)
+            installed.append(signum)
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread, or Windows
+            pass
+    sockets = tempfile.TemporaryDirectory(prefix="conserviz-kernels-")
+    timings = []
+    try:
+        for position, name in enumerate(names, start=1):
+            if stop.signum is not None:
+                raise CourseStopped(stop.signum, None, None)
+            seconds = await run_one(
+                name, position, len(names), notebooks_dir, executed_dir, output_dir, Path(sockets.name),
+                reporter, stop, watch, cell_timeout,
+            )
+            timings.append((name, seconds))
+        if stop.signum is not None:
+            raise CourseStopped(stop.signum, None, None)
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        sockets.cleanup()
+    return timings
+
+
+def run_notebooks(
+    notebooks_dir: str | os.PathLike,
+    executed_dir: str | os.PathLike,
+    names: Sequence[str] | None = None,
+    *,
+    output_dir: str | os.PathLike | None = None,
+    cell_timeout: float | None = None,
+    progress_interval: float = 5.0,
+    heartbeat: float = 60.0,
+    stop_grace: float = 30.0,
+    write: Callable[[str], None] | None = None,
+) -> list[tuple[str, float]]:
+    """Execute each notebook in a fresh kernel, in order, and save the executed copies.
+
+    Args:
+        notebooks_dir: The folder of the notebooks (the kernels run there).
+        executed_dir: Where the executed copies go (cleared of stored outputs before each runs).
+        names: Notebook names without ``.ipynb``; default: :func:`course_notebooks`.
+        output_dir: The course's output folder, checked for free space when a kernel dies;
+            default: the parent of ``executed_dir``.
+        cell_timeout: Seconds a cell may run; None (the default) for no limit. A dead kernel is
+            noticed within seconds either way.
+        progress_interval: Seconds between two progress-bar lines.
+        heartbeat: Seconds of silence before a "still running" line.
+        stop_grace: Seconds an interrupted kernel gets before it is killed.
+        write: Receives each progress line (default: printed).
+
+    Returns:
+        (notebook name, seconds) for each notebook run.
+
+    Raises:
+        NotebookRunError: a cell failed, the kernel died (with the likely cause) or a cell timed out.
+        CourseStopped: SIGINT or SIGTERM stopped the run.
+    """
+    notebooks_dir, executed_dir = Path(notebooks_dir).resolve(), Path(executed_dir)
+    names = tuple(names) if names is not None else course_notebooks(notebooks_dir)
+    output_dir = Path(output_dir) if output_dir is not None else executed_dir.parent
+    reporter = ProgressReporter(write, interval=progress_interval, heartbeat=heartbeat)
+    return asyncio.run(
+        run_all(notebooks_dir, executed_dir, names, output_dir, reporter, cell_timeout, stop_grace)
+    )
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def resume_hint(resume_path: Path, since: float = 0.0) -> str:
+    """How to carry on after a stop, depending on whether fine-tuning saved its state since ``since``."""
+    saved = False
+    with contextlib.suppress(OSError):
+        saved = resume_path.is_file() and resume_path.stat().st_mtime >= since
+    if saved:
+        return (
+            f"Fine-tuning saved its state in {resume_path}. To carry on from there, open "
+            "notebooks/04_train.ipynb, add `resume_from=artifacts.resume` to the `fit` call of its "
+            "fine-tuning cell and run it (`fine_tune(..., resume=True)` does the same). "
+            "`make course` starts the notebooks again (the cached embeddings are reused)."
+        )
+    return "Nothing to resume: `make course` starts again (the cached embeddings are reused)."
+
+
+def report_leftovers(output_dir: Path) -> None:
+    """Remove what killed runs left in the output folder (partial caches, temp files) and say so."""
+    sizes = {}
+    for path in Path(output_dir).rglob("*") if Path(output_dir).is_dir() else []:
+        if path.name.endswith((".partial", ".tmp")):
+            with contextlib.suppress(OSError):
+                sizes[path] = path.stat().st_size
+    if not sizes:
+        return
+    from conserviz_utils.course.embeddings import remove_stale_partials  # imports torch: only when needed
+
+    removed = remove_stale_partials(output_dir, recursive=True)
+    if removed:
+        freed = sum(sizes.get(path, 0) for path in removed)
+        print(f"[course] removed {len(removed)} leftover(s) of killed runs from {output_dir} ({size_text(freed)})",
+              flush=True)
+
+
+def read_metrics(path: Path) -> dict | None:
+    """The headline figures notebook 05 saved, or None when missing or unreadable."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the whole course headless and print eval accuracy, log loss and the submission path."""
+    parser = argparse.ArgumentParser(
+        prog="python -m conserviz_utils.tools.runner",
+        description="Run the course notebooks headless (what `make course` does).",
+    )
+    parser.add_argument("--quick", action="store_true", help="small sample, one short epoch")
+    parser.add_argument("--data", type=Path, help="competition data folder (else the sample)")
+    parser.add_argument("--outputs", type=Path, help="output folder (default: outputs/)")
+    parser.add_argument("--cell-timeout", type=float, default=None,
+                        help="seconds a cell may run (default: no limit; a dead kernel is noticed anyway)")
+    parser.add_argument("--progress-interval", type=float, default=5.0,
+                        help="seconds between two progress-bar lines (default: 5)")
+    parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS_DIR,
+                        help="folder of the notebooks (default: the course's)")
+    parser.add_argument("names", nargs="*", metavar="NOTEBOOK",
+                        help="notebooks to run, e.g. 04_train (default: the whole course, in order)")
+    args = parser.parse_args(argv)
+
+    # The kernels inherit this process's environment: that is how the notebooks see the choices.
+    if args.quick:
+        os.environ["CONSERVIZ_QUICK"] = "1"
+    if args.data:
+        os.environ["CONSERVIZ_DATA"] = str(args.data.resolve())
+    if args.outputs:
+        os.environ["CONSERVIZ_OUTPUTS"] = str(args.outputs.resolve())
+    from conserviz_utils.course.settings import CourseSettings
+
+    try:
+        settings = CourseSettings.from_env()
+    except (ValueError, ConservizError) as err:
+        print(f"[course] {err}", file=sys.stderr)
+        return 2
+    artifacts = settings.artifacts
+    report_leftovers(settings.output_dir)
+
+    started, started_at = time.perf_counter(), time.time()
+    try:
+        run_notebooks(args.notebooks, artifacts.executed, [name.removesuffix(".ipynb") for name in args.names] or None,
+                      output_dir=settings.output_dir, cell_timeout=args.cell_timeout,
+                      progress_interval=args.progress_interval)
+    except NotebookRunError as err:
+        print(f"[course] FAILED: {err}", file=sys.stderr, flush=True)
+        return 1
+    except CourseStopped as stopped:
+        print(f"[course] {stopped}; every kernel is shut down.", file=sys.stderr)
+        print(f"[course] {resume_hint(artifacts.resume, since=started_at)}", file=sys.stderr, flush=True)
+        return stopped.exit_code
+    minutes = (time.perf_counter() - started) / 60
+
+    metrics = read_metrics(artifacts.metrics)
+    print()
+    if args.names and metrics is None:  # a partial run need not have reached notebook 05
+        print(f"conserviz: {len(args.names)} notebook(s) run in {minutes:.1f} min; "
+              f"executed copies in {artifacts.executed}/")
+        return 0
+    if metrics is None:
+        print(f"conserviz course finished in {minutes:.1f} min; {artifacts.metrics} is missing or unreadable")
+        return 1
+    print(f"conserviz course finished in {minutes:.1f} min on {metrics.get('data', 'the data')}")
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        print(f"  eval accuracy : {metrics['accuracy']:.3f} (majority baseline {metrics['majority_accuracy']:.3f})")
+        print(f"  eval log loss : {metrics['log_loss']:.3f} (uniform baseline {metrics['uniform_log_loss']:.3f})")
+    print(f"  submission    : {artifacts.submission}")
+    print(f"  notebooks     : {artifacts.executed}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,673 @@
+"""Drawing one camera-trap image: the site's forest, one animal placed in it, and the camera.
+
+A site's look (:class:`SiteStyle`) and its background (:class:`Scene`) come from
+``(seed, site number)`` and are cached per process; every other draw of an image comes from
+``(seed, stream, image index)``, so an image's pixels do not depend on which worker draws it or
+in which order. :func:`render_image` draws one image; :func:`sample_grid` shows one per class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageChops, ImageDraw, ImageFont
+
+from conserviz_utils import SPECIES
+from conserviz_utils.tools.sample.animals import BODY_PLANS, DISTANCE_M, SIZE_M, animal_layer, motion_blur
+from conserviz_utils.tools.sample.paint import (
+    blur,
+    draw_leaves,
+    jitter,
+    jitter_many,
+    leaf_points,
+    leaf_shapes,
+    shade,
+)
+from conserviz_utils.tools.sample.plan import GRID_STREAM, IMAGE_STREAM, NOISE_STREAM, SITE_STREAM
+
+__all__ = [
+    "ImageTask",
+    "Scene",
+    "SiteStyle",
+    "render_image",
+    "sample_grid",
+    "site_scene",
+    "site_style",
+]
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """Everything a worker needs to draw one image; its random draws come from (seed, index)."""
+
+    index: int
+    path: Path | None
+    species: str
+    site: int
+    width: int
+    height: int
+    night: bool
+    band: str
+    seed: int
+    stream: int = IMAGE_STREAM
+
+
+# ---------------------------------------------------------------------------------------------
+# A site: its camera and its persistent patch of forest
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SiteStyle:
+    """How one site's camera sees its patch of forest; drawn from (seed, site number)."""
+
+    horizon: float  # far edge of the visible ground, as a share of the image height
+    tilt: float  # camera roll in degrees
+    camera_height: float  # metres above the ground
+    litter: tuple[int, int, int]  # leaf-litter colour
+    foliage: tuple[int, int, int]  # far-foliage colour
+    undergrowth: float  # 0…1, how many plants
+    n_trunks: int
+    light: float  # daylight brightness under the canopy
+    cast: tuple[float, float, float]  # the camera's colour cast
+    flash: float  # infrared flash strength
+    jpeg_quality: int
+    band_dark: bool  # white text on black, else black text on light grey
+    fahrenheit: bool
+    date_format: str
+    first_day: datetime  # the camera's deployment
+    near_plants: bool  # out-of-focus plants right in front of the lens
+
+
+@lru_cache(maxsize=512)
+def site_style(seed: int, site: int) -> SiteStyle:
+    """The style of a site's camera and forest; the same for every image of the site."""
+    rng = np.random.default_rng([seed, SITE_STREAM, site])
+    litter = jitter((105, 80, 55), rng, 22)
+    return SiteStyle(
+        horizon=rng.uniform(0.30, 0.55),
+        tilt=float(np.clip(rng.normal(0, 1.3), -3, 3)),
+        camera_height=rng.uniform(0.3, 0.7),
+        litter=litter,
+        foliage=jitter((45, 62, 40), rng, 14),
+        undergrowth=rng.uniform(0.15, 1.0),
+        n_trunks=int(rng.integers(2, 9)),
+        light=rng.uniform(0.75, 1.25),
+        cast=tuple(float(c) for c in rng.normal(1.0, 0.05, 3)),
+        flash=rng.uniform(0.8, 1.25),
+        jpeg_quality=int(rng.integers(45, 66)),
+        band_dark=bool(rng.random() < 0.8),
+        fahrenheit=bool(rng.random() < 0.2),
+        date_format=str(rng.choice(["%Y-%m-%d %H:%M:%S", "%m/%d/%Y %I:%M %p", "%d.%m.%Y %H:%M"])),
+        first_day=datetime(2014, 1, 1) + timedelta(days=int(rng.integers(0, 900))),
+        near_plants=bool(rng.random() < 0.3),
+    )
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A site's background at one camera size, drawn once and reused for all its images."""
+
+    background: Image.Image  # RGB, larger than the frame by ``margin`` on every side
+    margin: int
+    foreground: Image.Image | None  # RGBA plants in front of the lens, frame-sized
+    falloff: Image.Image  # L: how far the infrared flash reaches, frame-sized
+    horizon: float  # pixels from the top
+    trunks: tuple[tuple[float, float], ...]  # (x centre, width) of near trunks, for climbers
+
+
+@lru_cache(maxsize=8)
+def site_scene(seed: int, site: int, width: int, height: int) -> Scene:
+    """Draw a site's forest floor, trunks and plants at the camera's size (cached per process)."""
+    style = site_style(seed, site)
+    rng = np.random.default_rng([seed, SITE_STREAM, site, 1])
+    margin = round(0.05 * width)
+    big_w, big_h = width + 2 * margin, height + 2 * margin
+    horizon = style.horizon * height + margin
+    image = _ground_and_sky(style, rng, big_w, big_h, horizon)
+    draw = ImageDraw.Draw(image)
+    _draw_far_foliage(draw, style, rng, big_w, big_h, horizon)
+    image = image.filter(blur(big_h * 0.006))  # haze: far things are soft
+    draw = ImageDraw.Draw(image)
+    _draw_litter(draw, style, rng, big_w, big_h, horizon)
+    trunks = _draw_trunks(draw, style, rng, big_w, big_h, horizon)
+    _draw_undergrowth(draw, style, rng, big_w, big_h, horizon)
+    image = image.rotate(style.tilt, resample=Image.Resampling.BICUBIC)
+    image = image.filter(blur(big_h * 0.0012))
+    foreground = _near_plants(rng, width, height) if style.near_plants else None
+    return Scene(
+        background=image,
+        margin=margin,
+        foreground=foreground,
+        falloff=_flash_falloff(width, height, style.horizon),
+        horizon=style.horizon * height,
+        trunks=tuple((x - margin, w) for x, w in trunks),
+    )
+
+
+
+def _ground_and_sky(style, rng, width, height, horizon) -> Image.Image:
+    """Dark understorey above the horizon, leaf litter fading into haze below it, mottled."""
+    y = np.arange(height, dtype=np.float32)[:, None, None]
+    foliage = np.asarray(style.foliage, np.float32)
+    haze = 0.55 * foliage + 0.45 * np.array([120, 128, 112], np.float32)
+    near = np.asarray(style.litter, np.float32)
+    far_ground = 0.6 * near + 0.4 * haze
+    up = np.clip(y / horizon, 0, 1)
+    down = np.clip((y - horizon) / (height - horizon), 0, 1)
+    colour = np.where(
+        y < horizon,
+        foliage + (haze - foliage) * up**3,
+        far_ground + (near - far_ground) * down**0.5,
+    )
+    mottle = rng.normal(1.0, 0.18, (6, 10, 1)).astype(np.float32)
+    mottle = np.asarray(
+        Image.fromarray(np.clip(mottle[..., 0] * 128, 0, 255).astype(np.uint8)).resize(
+            (width, height), Image.Resampling.BICUBIC
+        ),
+        np.float32,
+    )[..., None] / 128
+    return Image.fromarray(np.clip(colour * mottle, 0, 255).astype(np.uint8))
+
+
+def _draw_far_foliage(draw, style, rng, width, height, horizon) -> None:
+    """Clumps of distant leaves, thin pale far trunks and a few bright canopy gaps."""
+    n_clumps = int(width * horizon / 1200)
+    per_clump = 14
+    centres = np.stack(
+        [rng.uniform(0, width, n_clumps), rng.uniform(-0.05 * height, horizon * 1.1, n_clumps)], 1
+    )
+    # Lighter and hazier towards the horizon, darker up in the canopy.
+    depth = np.clip(centres[:, 1] / horizon, 0, 1)[:, None]
+    clump_colours = jitter_many(style.foliage, rng, 20, n_clumps) * (0.75 + 0.45 * depth)
+    spread = height * rng.uniform(0.02, 0.06, (n_clumps, 1, 1))
+    offsets = rng.normal(0, 1, (n_clumps, per_clump, 2)) * spread
+    points = (centres[:, None, :] + offsets).reshape(-1, 2)
+    size = height * rng.uniform(0.012, 0.035, len(points))
+    turns = rng.uniform(0, 2 * np.pi, len(points))
+    shapes = leaf_shapes(points[:, 0], points[:, 1], size, size * 0.5, turns)
+    colours = jitter_many(np.repeat(clump_colours, per_clump, axis=0), rng, 10, len(points))
+    draw_leaves(draw, shapes, colours)
+    for _ in range(int(rng.integers(3, 12))):
+        x, w = rng.uniform(0, width), height * rng.uniform(0.004, 0.012)
+        base = horizon + rng.uniform(-0.02, 0.04) * height
+        draw.rectangle((x - w, 0, x + w, base), fill=jitter((118, 120, 105), rng, 18))
+    for _ in range(int(rng.integers(0, 4))):  # sky seen through a gap in the canopy
+        x, y = rng.uniform(0, width), rng.uniform(0, horizon * 0.5)
+        size = height * rng.uniform(0.01, 0.03)
+        xs, ys = x + rng.normal(0, size, 5), y + rng.normal(0, size * 0.5, 5)
+        shapes = leaf_shapes(xs, ys, size * 1.5, size, rng.uniform(0, 6, 5))
+        draw_leaves(draw, shapes, jitter_many((165, 180, 160), rng, 15, 5))
+
+
+def _draw_litter(draw, style, rng, width, height, horizon) -> None:
+    """Fallen leaves and twigs, larger towards the camera, and sometimes a fallen log."""
+    tones = np.array(
+        [(1.0, 1.0, 1.0), (0.7, 0.65, 0.6), (1.3, 1.2, 1.0), (1.35, 1.1, 0.6), (0.5, 0.45, 0.4)]
+    )
+    n_leaves = int(width * (height - horizon) * 0.006)
+    near = rng.random(n_leaves) ** 0.8
+    size = height * (0.004 + 0.03 * near) * rng.uniform(0.6, 1.4, n_leaves)
+    shapes = leaf_shapes(
+        rng.uniform(0, width, n_leaves), horizon + (height - horizon) * near, size, size * 0.45,
+        rng.uniform(0, 2 * np.pi, n_leaves),
+    )
+    tone = tones[rng.integers(len(tones), size=n_leaves)]
+    colours = jitter_many(np.asarray(style.litter) * tone, rng, 15, n_leaves)
+    draw_leaves(draw, shapes, colours)
+    for _ in range(int(rng.integers(2, 10))):
+        t = rng.random()
+        x, y = rng.uniform(0, width), horizon + (height - horizon) * t
+        length, angle = height * (0.03 + 0.15 * t), rng.uniform(-0.5, 0.5)
+        draw.line(
+            (x, y, x + length * math.cos(angle), y + length * math.sin(angle)),
+            fill=jitter((75, 58, 42), rng, 15),
+            width=max(1, round(height * 0.004 * (0.3 + t))),
+        )
+    if rng.random() < 0.35:
+        t = rng.uniform(0.15, 0.6)
+        y, x = horizon + (height - horizon) * t, rng.uniform(-0.2, 0.6) * width
+        length, thick = width * rng.uniform(0.25, 0.6), height * (0.02 + 0.06 * t)
+        slope = rng.uniform(-0.08, 0.08) * length
+        draw.polygon(
+            [(x, y), (x + length, y + slope), (x + length, y + slope - thick * 0.8),
+             (x, y - thick)],
+            fill=jitter((70, 58, 45), rng, 15),
+        )
+
+
+def _draw_trunks(draw, style, rng, width, height, horizon) -> list[tuple[float, float]]:
+    """Tree trunks with buttress roots, bark and lianas; returns (x, width) of the near ones."""
+    haze = np.array([120, 128, 112])
+    near_trunks = []
+    depths = np.sort(rng.uniform(0.05, 1.0, style.n_trunks))  # far first, near last
+    for depth in depths:
+        base = horizon + (height - horizon) * 0.6 * depth**1.5
+        half = height * (0.01 + 0.08 * depth**2) * rng.uniform(0.7, 1.3)
+        x = rng.uniform(0, width)
+        lean = rng.normal(0, 0.05) * height
+        colour = np.asarray(jitter((105, 98, 82), rng, 30), float)
+        colour = tuple(int(v) for v in colour * (0.4 + 0.6 * depth) + haze * (0.6 - 0.6 * depth))
+        top = -0.05 * height
+        draw.polygon(
+            [(x - half + lean, top), (x + half + lean, top), (x + half, base), (x - half, base)],
+            fill=colour,
+        )
+        for side in (-1, 1):  # buttress roots: thin concave fins flaring out to the ground
+            reach, rise = half * rng.uniform(0.6, 2.2), half * rng.uniform(1.2, 3.0)
+            draw.polygon(
+                [
+                    (x + side * half * 0.7, base - rise),
+                    (x + side * (half + reach * 0.25), base - rise * 0.25),
+                    (x + side * (half + reach), base + half * 0.1),
+                    (x, base),
+                ],
+                fill=shade(colour, rng.uniform(0.85, 1.05)),
+            )
+        for _ in range(int(rng.integers(2, 6))):  # bark furrows
+            bx = x + rng.uniform(-0.7, 0.7) * half
+            furrow = max(1, round(half * 0.08))
+            draw.line((bx + lean, top, bx, base), fill=shade(colour, 0.75), width=furrow)
+        lit = x + half * 0.55  # the side the light falls on
+        draw.line(
+            (lit + lean, top, lit, base), fill=shade(colour, 1.2), width=max(1, round(half * 0.2))
+        )
+        if depth > 0.3:
+            near_trunks.append((x + lean / 2, 2 * half))
+    for _ in range(int(rng.integers(0, 4))):  # lianas hanging from the canopy
+        x0 = rng.uniform(0, width)
+        ys = np.linspace(-0.05 * height, rng.uniform(0.3, 1.0) * horizon, 12)
+        xs = x0 + np.sin(ys / height * rng.uniform(3, 9) + rng.uniform(0, 6)) * height * 0.04
+        draw.line(
+            list(zip(xs.tolist(), ys.tolist())),
+            fill=jitter((60, 52, 40), rng, 15),
+            width=max(1, round(height * 0.006)),
+            joint="curve",
+        )
+    return near_trunks
+
+
+def _draw_undergrowth(draw, style, rng, width, height, horizon) -> None:
+    """Seedlings, broad-leaved herbs and ferns standing on the forest floor."""
+    n_plants = int(style.undergrowth * 30 * width / 700)
+    for t in np.sort(rng.random(n_plants)):  # far plants first
+        base_y = horizon + (height - horizon) * t * 0.9
+        x = rng.uniform(0, width)
+        size = height * (0.04 + 0.3 * t**1.3) * rng.uniform(0.6, 1.4)
+        green = jitter((50, 85, 40), rng, 25)
+        if rng.random() < 0.3:  # fern: a curved frond with leaflets
+            angle = -np.pi / 2 + rng.uniform(-0.9, 0.9)
+            for k in range(9):
+                px = x + math.cos(angle) * size * k / 9
+                py = base_y + math.sin(angle) * size * k / 9
+                for side in (-1, 1):
+                    leaflet = size * 0.22 * (1 - k / 12)
+                    shape = leaf_points(px, py, leaflet, size * 0.06, angle + side * 1.2)
+                    draw.polygon(shape, fill=green)
+            continue
+        stem_top = (x + rng.normal(0, 0.1) * size, base_y - size)
+        draw.line((x, base_y, *stem_top), fill=shade(green, 0.8), width=max(1, round(size * 0.03)))
+        for k in range(int(rng.integers(3, 10))):
+            along = rng.uniform(0.2, 1.0)
+            sx = x + (stem_top[0] - x) * along
+            sy = base_y + (stem_top[1] - base_y) * along
+            angle = -np.pi / 2 + rng.choice([-1, 1]) * rng.uniform(0.4, 1.5)
+            leaf_colour = jitter(green, rng, 18)
+            length, breadth = size * rng.uniform(0.25, 0.5), size * rng.uniform(0.08, 0.2)
+            draw.polygon(leaf_points(sx, sy, length, breadth, angle), fill=leaf_colour)
+
+
+def _near_plants(rng, width, height) -> Image.Image:
+    """Out-of-focus leaves and grass right in front of the lens, in one or two corners."""
+    layer = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    for corner in rng.choice([0, 1], size=int(rng.integers(1, 3)), replace=False):
+        x0 = width * (0.02 if corner == 0 else 0.98)
+        for _ in range(int(rng.integers(3, 8))):
+            x = x0 + rng.normal(0, 0.06) * width
+            angle = -np.pi / 2 + (0.7 if corner == 0 else -0.7) * rng.random()
+            length = height * rng.uniform(0.25, 0.6)
+            colour = (*jitter((38, 60, 32), rng, 15), 255)
+            breadth = length * rng.uniform(0.08, 0.3)
+            draw.polygon(leaf_points(x, height * 1.05, length, breadth, angle), fill=colour)
+    return layer.filter(blur(height * 0.012))
+
+
+def _flash_falloff(width: int, height: int, horizon: float) -> Image.Image:
+    """How much infrared light reaches each pixel: much on the near ground, little far or aside."""
+    rows = np.arange(height, dtype=np.float32)[:, None] / height
+    y = (rows - horizon * 0.5) / (1 - horizon * 0.5)
+    x = np.arange(width, dtype=np.float32)[None, :] / width - 0.5
+    reach = 0.1 + 0.9 * np.clip(y, 0, 1) ** 1.4
+    side = 1.0 - 0.9 * x**2
+    return Image.fromarray((np.clip(reach * side, 0.04, 1) * 255).astype(np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------
+# One animal in the scene, or what fired the camera on a blank
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_animal(image, species, rng, scene, style, exposure, drawn) -> list[tuple[float, float]]:
+    """Place one animal of ``species`` in the frame, near or far, maybe cut by the frame edge.
+
+    Distance sets both size and height in the frame (a ground plane seen from the camera's
+    height). ``exposure`` is the infrared gain of a night shot, None by day. Records in
+    ``drawn`` where the animal went and what hides it (see :func:`render_image`) and returns
+    its eye pixels, for eyeshine.
+    """
+    night = exposure is not None
+    width, height = image.size
+    focal = 1.05 * height  # pixels per metre at one metre: a ~50° vertical field of view
+    near, typical, far = DISTANCE_M[species]
+    distance = float(np.clip(typical * math.exp(rng.normal(0, 0.5)), near, far))
+    length = max(0.035 * height, focal * rng.uniform(*SIZE_M[species]) / distance)
+    facing = int(rng.choice([-1, 1]))
+    squash = 1.0 if rng.random() < 0.6 else rng.uniform(0.45, 1.0)  # walking towards or away
+    feet_y = scene.horizon + focal * style.camera_height / distance
+    if rng.random() < 0.8:  # mostly inside the frame
+        x = rng.uniform(0.08, 0.92) * width
+    else:  # at the left or right edge, cut by it when near enough
+        x = rng.choice([-1, 1]) * rng.uniform(0.0, 0.1) * width
+        x += width if rng.random() < 0.5 else 0
+    angle = 0.0
+    if species == "monkey_prosimian" and scene.trunks and rng.random() < 0.3:  # climbing a trunk
+        trunk_x, trunk_w = scene.trunks[int(rng.integers(len(scene.trunks)))]
+        x, feet_y = trunk_x - facing * trunk_w * 0.3, rng.uniform(0.2, 0.8) * height
+        angle = math.pi / 2
+        length = max(0.035 * height, min(length, 2.5 * trunk_w + 0.05 * height))
+    elif species == "bird" and rng.random() < 0.15:  # perched on a log or a low branch
+        feet_y -= rng.uniform(0.05, 0.2) * height
+    layer, anchor, eyes = animal_layer(species, rng, length, facing, squash, angle)
+    drawn["blurred"] = bool(rng.random() < (0.35 if night else 0.12))
+    if drawn["blurred"]:
+        layer = motion_blur(layer, max(1, round(length * rng.uniform(0.03, 0.15))))
+    if distance < 1.1:  # too close to be in focus
+        layer = layer.filter(blur(length * 0.015 * (1.1 - distance) / 0.5))
+    drawn["distance"] = distance
+    drawn["infrared_brightness"] = None
+    if night:  # fur reflects the infrared flash: near animals shine, the closest burn out
+        # The frame's flash reach and exposure are applied to the whole frame later; divide them
+        # out here so that the animal's brightness follows its distance, not its place.
+        at = (int(np.clip(x, 0, width - 1)), int(np.clip(feet_y - length * 0.3, 0, height - 1)))
+        reach = max(scene.falloff.getpixel(at) / 255, 0.2)
+        drawn["infrared_brightness"] = min(1.8, max(0.55, (1.8 / distance) ** 0.7))
+        gain = drawn["infrared_brightness"] / (reach * exposure)
+        lift = [int(min(255, (40 + 0.85 * v) * gain)) for v in range(256)] * 3
+        lit = layer.convert("RGB").point(lift)
+        layer = Image.merge("RGBA", (*lit.split(), layer.getchannel("A")))
+    left, top = round(x - anchor[0]), round(feet_y - anchor[1])
+    if not night and angle == 0.0:
+        _shadow(image, left + anchor[0], feet_y, layer.width)
+    image.paste(layer, (left, top), layer)
+    drawn["animal_box"] = (left, top, left + layer.width, top + layer.height)
+    drawn["animal_alpha"] = layer.getchannel("A")
+    drawn["grass"] = []
+    if rng.random() < 0.25:
+        drawn["grass"] = _grass_in_front(
+            image, rng, left + anchor[0], feet_y, layer.width, layer.height
+        )
+    return [(left + ex, top + ey) for ex, ey in eyes]
+
+
+def _shadow(image: Image.Image, x: float, y: float, width: float) -> None:
+    """A soft contact shadow under an animal in daylight."""
+    w, h = max(4, int(width * 0.9)), max(3, int(width * 0.12))
+    mask = Image.new("L", (w * 2, h * 3), 0)
+    ImageDraw.Draw(mask).ellipse((w / 2, h, w * 1.5, h * 2), fill=90)
+    mask = mask.filter(blur(h * 0.4))
+    image.paste((15, 12, 8), (round(x - w), round(y - h * 1.5)), mask)
+
+
+def _grass_in_front(image, rng, x, feet_y, width, height) -> list[list[float]]:
+    """Blades of grass and leaves between the camera and the animal, hiding part of it.
+
+    Returns the blades' polygons, so a detector's view can tell which animal pixels they hide.
+    """
+    draw = ImageDraw.Draw(image)
+    blades = []
+    for _ in range(int(rng.integers(4, 14))):
+        bx = x + rng.uniform(-0.6, 0.6) * width
+        tall = height * rng.uniform(0.3, 0.9)
+        angle = -np.pi / 2 + rng.normal(0, 0.3)
+        colour = jitter((55, 90, 40), rng, 25)
+        breadth = tall * rng.uniform(0.06, 0.25)
+        blades.append(leaf_points(bx, feet_y + height * 0.05, tall, breadth, angle))
+        draw.polygon(blades[-1], fill=colour)
+    return blades
+
+
+def _false_trigger(image: Image.Image, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """What fires a camera with no animal: a swaying out-of-focus leaf or branch near the lens.
+
+    Returns the leaf's box in pixels (left, top, right, bottom), cut to the frame.
+    """
+    width, height = image.size
+    layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    x, y = rng.uniform(0, width), rng.uniform(0.3, 1.0) * height
+    length = height * rng.uniform(0.3, 0.8)
+    colour = (*jitter((50, 80, 38) if rng.random() < 0.7 else (90, 70, 50), rng, 20), 230)
+    leaf = leaf_points(x, y, length, length * rng.uniform(0.1, 0.35), rng.uniform(0, 2 * np.pi))
+    draw.polygon(leaf, fill=colour)
+    layer = layer.filter(blur(height * rng.uniform(0.01, 0.03)))
+    image.paste(layer, (0, 0), layer)
+    xs, ys = leaf[0::2], leaf[1::2]
+    return (
+        int(np.clip(min(xs), 0, width)), int(np.clip(min(ys), 0, height)),
+        int(np.clip(math.ceil(max(xs)), 0, width)), int(np.clip(math.ceil(max(ys)), 0, height)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The camera: framing, daylight or infrared, softness, noise and the info band
+# ---------------------------------------------------------------------------------------------
+
+
+def render_image(task: ImageTask, drawn: dict | None = None) -> Image.Image:
+    """Draw one camera-trap image, every random choice from (seed, image index).
+
+    Args:
+        task: what to draw.
+        drawn: when given, receives facts about the drawing, which never change its pixels:
+            ``size``; for an animal ``animal_box`` (its layer's pixel box, left, top, right,
+            bottom, possibly beyond the frame), ``animal_alpha`` (the layer's alpha, L),
+            ``grass`` (polygons drawn in front of it), ``blurred``, ``distance`` (metres) and
+            ``infrared_brightness`` (None by day); for a blank ``trigger_box`` (the leaf that
+            fired the camera, or None); and for every image ``foreground`` (RGBA plants in
+            front of the lens, or None), ``band_rows`` (top and bottom row of the info band, or
+            None) and ``washed_out`` (an over-exposed day frame).
+
+    Returns:
+        The RGB image.
+    """
+    facts = {} if drawn is None else drawn
+    rng = np.random.default_rng([task.seed, task.stream, task.index])
+    style = site_style(task.seed, task.site)
+    scene = site_scene(task.seed, task.site, task.width, task.height)
+    image = _frame(scene, rng, task.width, task.height)
+    facts.update(size=image.size, foreground=scene.foreground, trigger_box=None, washed_out=False)
+    exposure = style.flash * rng.uniform(1.5, 2.4) if task.night else None
+    eyes: list[tuple[float, float]] = []
+    if task.species in BODY_PLANS:
+        eyes = _add_animal(image, task.species, rng, scene, style, exposure, facts)
+    elif rng.random() < 0.35:
+        facts["trigger_box"] = _false_trigger(image, rng)
+    if scene.foreground is not None:
+        image.paste(scene.foreground, (0, 0), scene.foreground)
+    if exposure is not None:
+        image = _infrared(image, rng, scene, exposure, eyes)
+    else:
+        image = _daylight(image, rng, style, facts)
+    image = _add_noise(image, rng, task.seed, sigma=9.0 if task.night else 3.0)
+    facts["band_rows"] = None
+    if task.band != "none":
+        facts["band_rows"] = _draw_band(image, rng, style, task)
+    return image.convert("RGB")
+
+
+def _frame(scene: Scene, rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """The site's background, shifted by a pixel or two as the camera settles differently."""
+    shake = round(0.012 * width)
+    dx, dy = (int(np.clip(round(rng.normal(0, 0.4) * shake), -shake, shake)) for _ in range(2))
+    left, top = scene.margin + dx, scene.margin + dy
+    return scene.background.crop((left, top, left + width, top + height))
+
+
+def _gain_lut(gain, gamma, channels: int = 3) -> list[int]:
+    """A lookup table that multiplies brightness by ``gain`` (clipping) and applies ``gamma``."""
+    gains = np.broadcast_to(np.asarray(gain, float), (channels,))
+    x = np.arange(256) / 255
+    return [int(v) for g in gains for v in np.clip(255 * np.clip(g * x, 0, 1) ** gamma, 0, 255)]
+
+
+def _daylight(image: Image.Image, rng: np.random.Generator, style: SiteStyle, facts: dict):
+    """Daylight under the canopy: brightness, colour cast, sun flecks, sometimes over-exposure."""
+    gain = style.light * rng.uniform(0.8, 1.2) * np.asarray(style.cast)
+    if rng.random() < 0.07:  # the sun broke through: a washed-out frame
+        facts["washed_out"] = True
+        gain = gain * rng.uniform(1.5, 2.0)
+    image = image.point(_gain_lut(gain, rng.uniform(0.85, 1.15)))
+    if rng.random() < 0.6:
+        width, height = image.size
+        cells = rng.random((max(2, height // 30), max(2, width // 30)))
+        spots = Image.fromarray((np.clip((cells - 0.75) * 6, 0, 1) * 255).astype(np.uint8))
+        spots = spots.filter(blur(0.6)).resize(image.size, Image.Resampling.BICUBIC)
+        image = Image.composite(image.point(_gain_lut((1.6, 1.55, 1.3), 0.9)), image, spots)
+    return image
+
+
+def _infrared(image, rng, scene, exposure, eyes) -> Image.Image:
+    """An infrared night shot: grey, lit by the flash near the camera, eyes shining."""
+    a = np.asarray(image, np.int16)
+    r, g, b = a[..., 0], a[..., 1], a[..., 2]
+    # Leaves reflect near-infrared strongly, so vegetation comes out bright.
+    lum = (3 * r + 5 * g + 2 * b) // 10 + (4 * np.maximum(g - np.maximum(r, b), 0)) // 5
+    grey = Image.fromarray(np.clip(lum, 0, 255).astype(np.uint8))
+    grey = ImageChops.multiply(grey, scene.falloff)
+    grey = grey.point(_gain_lut(exposure, 1.0, channels=1))
+    if eyes and rng.random() < 0.6:
+        draw = ImageDraw.Draw(grey)
+        radius = max(1.0, image.height * 0.006)
+        for x, y in eyes:
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=250)
+    return grey
+
+
+@lru_cache(maxsize=16)
+def _noise_tile(seed: int, mode: str, width: int, height: int, sigma: float) -> Image.Image:
+    """Sensor noise centred on 128, a little larger than the frame (cached per process)."""
+    rng = np.random.default_rng([seed, NOISE_STREAM, width, height, round(sigma * 10)])
+    noise = np.clip(128 + rng.normal(0, sigma, (height + 32, width + 32)), 0, 255).astype(np.uint8)
+    tile = Image.fromarray(noise)
+    return tile if mode == "L" else tile.convert(mode)
+
+
+def _add_noise(image: Image.Image, rng: np.random.Generator, seed: int, sigma: float):
+    """Add sensor noise from a shared tile at a random offset (cheap, deterministic)."""
+    tile = _noise_tile(seed, image.mode, image.width, image.height, sigma)
+    dx, dy = (int(v) for v in rng.integers(0, 32, 2))
+    noise = tile.crop((dx, dy, dx + image.width, dy + image.height))
+    return ImageChops.add(image, noise, 1.0, -128)  # image + noise - 128, clipped
+
+
+@lru_cache(maxsize=32)
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's built-in font at ``size`` pixels (a fixed bitmap font without FreeType)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()
+
+
+def _draw_band(image, rng, style: SiteStyle, task: ImageTask) -> tuple[int, int]:
+    """The camera's info band: date and time on the left, temperature on the right.
+
+    Returns the band's first and last pixel row.
+    """
+    width, height = image.size
+    band = max(6, round(height * 0.06))
+    top = 0 if task.band == "top" else height - band
+    if style.band_dark:
+        paper, ink = (0, 0, 0), (235, 235, 235)
+    else:
+        paper, ink = (205, 205, 205), (10, 10, 10)
+    if image.mode == "L":
+        paper, ink = paper[0], ink[0]
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, top, width, top + band - 1), fill=paper)
+    # Night: 18:45 to 05:45 the next morning; day: 06:15 to 18:30.
+    hours = (18.75, 29.75) if task.night else (6.25, 18.5)
+    minutes = rng.uniform(hours[0] * 60, hours[1] * 60)
+    when = style.first_day + timedelta(days=int(rng.integers(0, 75)), minutes=float(minutes))
+    celsius = rng.uniform(19, 24) if task.night else rng.uniform(23, 31)
+    temperature = f"{celsius * 9 / 5 + 32:.0f}°F" if style.fahrenheit else f"{celsius:.0f}°C"
+    font = _font(max(6, round(band * 0.7)))
+    y = top + band * 0.12
+    draw.text((band * 0.4, y), when.strftime(style.date_format), fill=ink, font=font)
+    right = width - band * 0.4 - draw.textlength(temperature, font=font)
+    draw.text((right, y), temperature, fill=ink, font=font)
+    return top, top + band - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# One image per class by day and night, for the docs
+# ---------------------------------------------------------------------------------------------
+
+
+def sample_grid(
+    seed: int = 0, tile_width: int = 288, species: Sequence[str] = SPECIES
+) -> Image.Image:
+    """One labelled day and one night image per class, side by side, as a single RGB image.
+
+    Each tile is the first ordinary draw of the generator (640×360 camera, random site and pose)
+    whose animal is mostly inside the frame and not tiny, so the grid shows the drawing of each
+    class. The dataset itself also holds the hard cases: far, cut by the frame, hidden, blurred.
+    """
+    tile_height = round(tile_width * 360 / 640)
+    label_height = 18
+    columns = 4  # two classes per row, day then night
+    rows = math.ceil(2 * len(species) / columns)
+    grid = Image.new("RGB", (columns * tile_width, rows * (tile_height + label_height)), "white")
+    draw = ImageDraw.Draw(grid)
+    font = _font(12)
+    for k, (name, night) in enumerate((s, n) for s in species for n in (False, True)):
+        for attempt in range(50):
+            task = ImageTask(
+                index=k + 100 * attempt,
+                path=None,
+                species=name,
+                site=1 + k // 2,
+                width=640,
+                height=360,
+                night=night,
+                band=("bottom", "top")[k // 2 % 2],
+                seed=seed,
+                stream=GRID_STREAM,
+            )
+            drawn: dict = {}
+            image = render_image(task, drawn)
+            if name not in BODY_PLANS or (
+                _in_clear_view(drawn["animal_box"], image.size) and not drawn["blurred"]
+            ):
+                break
+        tile = image.resize((tile_width, tile_height), Image.Resampling.LANCZOS)
+        x, y = (k % columns) * tile_width, (k // columns) * (tile_height + label_height)
+        grid.paste(tile, (x, y))
+        label = f"{name} · {'night (IR)' if night else 'day'}"
+        draw.text((x + 4, y + tile_height + 2), label, font=font, fill=(20, 20, 20))
+    return grid
+
+
+def _in_clear_view(box: tuple[int, int, int, int], size: tuple[int, int]) -> bool:
+    """Whether an animal's box lies mostly inside the frame and covers a fair part of it."""
+    left, top, right, bottom = box
+    inside = max(0, min(right, size[0]) - max(left, 0)) * max(0, min(bottom, size[1]) - max(top, 0))
+    area = (right - left) * (bottom - top)
+    return inside >= 0.8 * area and inside >= 0.03 * size[0] * size[1]
