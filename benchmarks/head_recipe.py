@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from conserviz_utils.callbacks import Callback
+from conserviz_utils.course.splits import EVAL_SHARE
 from conserviz_utils.course.steps import (
-    EVAL_SHARE,
     embedding_transform,
     holdout_split,
     training_ids,

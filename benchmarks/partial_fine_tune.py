@@ -25,10 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conserviz_utils.callbacks import Callback  # noqa: E402
+from conserviz_utils.course.splits import ensure_splits, load_course_data  # noqa: E402
 from conserviz_utils.course.steps import (  # noqa: E402
     embed_images,
-    ensure_splits,
-    load_course_data,
     make_loaders,
     make_optimizer,
     score_head,
@@ -74,13 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     split = ensure_splits(data, settings, verbose=False)
     model = build_model(recipe.arch, seed=recipe.seed)
     embeddings = embed_images(model, data.train_features, settings)
-    train_head(model, embeddings, data, split, recipe, progress=False)
+    train_head(model.head, embeddings, data, split.train, recipe, progress=False)
     head = score_head(model.head, embeddings, data, split.eval)
     print(f"head only: eval log loss {head['log_loss']:.3f}, accuracy {head['accuracy']:.3f}", flush=True)
 
     frozen = freeze_prefix(model, args.frozen_blocks)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trainable, recipe.fine_tune_optimizer, recipe.fine_tune_lr, recipe.fine_tune_weight_decay)
+    optimizer = make_optimizer(trainable, recipe)
     train_loader, eval_loader = make_loaders(data, split, recipe, model)
     started = time.perf_counter()
     history = fit(model, train_loader, eval_loader, epochs=recipe.fine_tune_epochs, optimizer=optimizer,

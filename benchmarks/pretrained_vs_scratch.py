@@ -1,7 +1,7 @@
 """What ImageNet pretraining buys: the course's default recipe with and without pretrained weights.
 
-Runs `course.train_default_recipe` (head on cached embeddings, then one fine-tuning epoch, keeping
-the better stage) twice on the same data and the same site-grouped split — once from the offline
+Runs `course.results.train_default_recipe` (head on cached embeddings, then one fine-tuning epoch,
+keeping the better stage) twice on the same data and the same site-grouped split — once from the offline
 ImageNet weights, once from random weights — and scores each saved checkpoint on the eval sites
 against the majority and uniform baselines.
 
@@ -17,13 +17,18 @@ import json
 import time
 from pathlib import Path
 
-from conserviz_utils.course.steps import (
-    ensure_splits,
-    evaluate_checkpoint,
-    load_course_data,
-    train_default_recipe,
-)
+from conserviz_utils.course.predictions import eval_logits
+from conserviz_utils.course.results import ensure_checkpoint, headline_metrics, train_default_recipe
 from conserviz_utils.course.settings import CourseSettings
+from conserviz_utils.course.splits import ensure_splits, load_course_data
+from conserviz_utils.runtime.checkpoint import load_checkpoint
+
+
+def evaluate_checkpoint(data, splits, settings: CourseSettings, progress: bool = True) -> dict:
+    """Reload the saved checkpoint (never an in-memory model) and compute `headline_metrics`."""
+    model, checkpoint = load_checkpoint(ensure_checkpoint(data, splits, settings))
+    logits = eval_logits(model, checkpoint, data, splits, settings, progress=progress, verbose=False)
+    return headline_metrics(logits, data, splits)
 
 
 def main() -> None:

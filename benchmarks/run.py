@@ -7,7 +7,7 @@ What it measures, on the same generated sample images at the competition's two m
     ToTensor → Normalize, DataLoader(batch_size=32) without workers, fp32, SGD(lr=0.001,
     momentum=0.9)) against conserviz's (``ImagesDataset`` with JPEG draft-mode decoding,
     ``make_loader`` workers, ``train.fit``: channels-last, ``precision="auto"``);
-(b) the same for inference (the seed's no_grad loop against ``train.predict``);
+(b) the same for inference (the seed's no_grad loop against ``inference.predict``);
 (c) the input pipeline alone, images/s on one core (and from the pre-resized image cache);
 (d) end to end on the sample with a site-grouped eval split: the seed recipe (its loop, one
     epoch on a 50 % subset split 75/25 at random; EfficientNet-Lite0 pretrained backbone under
@@ -324,7 +324,7 @@ def child_course_recipe(args: dict) -> dict:
         built = time.perf_counter()
         embeddings = embed_images(model, data.train_features, settings, progress=False)
         embedded = time.perf_counter()
-        history = train_head(model, embeddings, data, splits, course_recipe, progress=False)
+        history = train_head(model.head, embeddings, data, splits[0], course_recipe, progress=False)
         trained = time.perf_counter()
         probs = predict_from_embeddings(model.head, embeddings.select(splits[1]))
         done = time.perf_counter()
@@ -389,8 +389,9 @@ def child_precision(args: dict) -> dict:
     ``choose_precision`` with the cache off makes the channels-last measurement itself — it is
     exactly what ``precision="auto"`` would measure on first use — and its pick is the last column.
     """
-    from conserviz_utils.runtime.device import choose_precision, time_precisions
     from conserviz_utils.models import build_model
+    from conserviz_utils.runtime.cpu import time_precisions
+    from conserviz_utils.runtime.device import choose_precision
 
     model = build_model(args["arch"], pretrained=False, head="seed", seed=0)
     batch, purpose, size, steps = args["batch_size"], args["purpose"], args["image_size"], args["steps"]
@@ -416,7 +417,7 @@ def child_compile(args: dict) -> dict:
     Runs in a process whose inductor cache folder is given (fresh: a cold compile, as on a
     learner's first run; reused: a warm one, as on a re-run).
     """
-    from conserviz_utils.runtime.device import autocast, maybe_compile
+    from conserviz_utils.runtime.device import autocast
     from conserviz_utils.models import build_model
 
     cpu = torch.device("cpu")
@@ -425,14 +426,21 @@ def child_compile(args: dict) -> dict:
     size, batch = args["image_size"], args["batch_size"]
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     images = images.contiguous(memory_format=torch.channels_last)
-    forward = maybe_compile(backbone, "inference", long_run=True)
+    forward, note = torch.compile(backbone), None
     seconds = []
     with torch.inference_mode(), autocast(cpu, args["precision"]):
         for _ in range(1 + args["steps"]):
             started = time.perf_counter()
-            forward(images)
+            try:
+                forward(images)
+            except Exception as error:  # noqa: BLE001 - no C++ compiler, an unsupported operator: time eager
+                if forward is backbone:
+                    raise
+                first_line = (str(error).strip().splitlines() or [""])[0][:200]
+                forward, note = backbone, f"torch.compile failed ({type(error).__name__}: {first_line}); ran eagerly"
+                forward(images)
             seconds.append(time.perf_counter() - started)
-    return {"precision": args["precision"], "batch_size": batch, "compiled": forward.compiled, "note": forward.note,
+    return {"precision": args["precision"], "batch_size": batch, "compiled": note is None, "note": note,
             "first_batch_seconds": seconds[0], "images_per_second": batch / float(np.median(seconds[1:])),
             "load_average": round(os.getloadavg()[0], 2)}
 
@@ -443,7 +451,7 @@ def child_course(args: dict) -> dict:
     The kernels see the data and output folders through the ``CONSERVIZ_*`` environment that
     ``run_child`` set; the runner's progress lines go to stderr (the terminal).
     """
-    from conserviz_utils.runtime.device import precision_cache_path
+    from conserviz_utils.runtime.cpu import precision_cache_path
     from conserviz_utils.tools.runner import run_notebooks
 
     outputs = Path(args["outputs"])
@@ -528,11 +536,11 @@ def run_child(name: str, args: dict, env: dict | None = None, stream: bool = Fal
 
 
 def measure_inference(features: pd.DataFrame, settings: Settings) -> dict:
-    """(b) ResNet50 inference images/s: the seed's no_grad loop against ``train.predict``."""
+    """(b) ResNet50 inference images/s: the seed's no_grad loop against ``inference.predict``."""
     from conserviz_utils.data import ImagesDataset, default_transform, make_loader
-    from conserviz_utils.runtime.device import pick_precision
+    from conserviz_utils.runtime.device import choose_precision
     from conserviz_utils.models import build_model
-    from conserviz_utils.train import predict
+    from conserviz_utils.inference import predict
 
     model = build_model("resnet50", pretrained=False, head="seed", seed=0)
     seed_rows = repeated(features, settings.inference_batches * settings.batch_size)
@@ -544,8 +552,8 @@ def measure_inference(features: pd.DataFrame, settings: Settings) -> dict:
     predicted = predict(model, ours_timed, device="cpu", precision="auto", progress=False)
     del loader, ours_timed.loader
     # predict notes its precision in .attrs once it is wired to the measured choice; until then it
-    # asks pick_precision without a model, as below.
-    precision = predicted.attrs.get("precision") or pick_precision("auto", "cpu", purpose="inference")
+    # asks choose_precision without a model, as below.
+    precision = predicted.attrs.get("precision") or choose_precision("auto", "cpu", purpose="inference").precision
     if predicted.attrs.get("precision_source"):
         precision = f"{precision}, {predicted.attrs['precision_source']}"
     return {
@@ -627,7 +635,7 @@ def measure_head_training(settings: Settings) -> dict:
 
 def lscpu_model_name() -> str:
     """The CPU's model name as ``lscpu`` prints it (the package's reading where lscpu is missing)."""
-    from conserviz_utils.runtime.device import cpu_model_name
+    from conserviz_utils.runtime.cpu import cpu_model_name
 
     try:
         listing = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False,
@@ -643,12 +651,9 @@ def lscpu_model_name() -> str:
 
 def machine_info() -> dict:
     """What the figures were measured on."""
-    from conserviz_utils.runtime.device import choose_precision, cpu_bf16_support, cpu_identity
+    from conserviz_utils.runtime.cpu import available_cpus, cpu_bf16_support, cpu_identity
+    from conserviz_utils.runtime.device import choose_precision
 
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
     import PIL
     import torchvision
 
@@ -657,7 +662,7 @@ def machine_info() -> dict:
     return {
         "cpu": lscpu_model_name(),
         "cpu_identity": cpu_identity(),
-        "cores": cores,
+        "cores": available_cpus(),
         "torch_threads": torch.get_num_threads(),
         "cpu_bf16": cpu_bf16_support(),
         "precision_chosen": remembered["train"].precision,

@@ -14,7 +14,11 @@ SPECIES = (
     "rodent",
 )
 
-from conserviz_utils.errors import (  # noqa: E402  (SPECIES first: errors may name it)
+#: Channel means and standard deviations of ImageNet, which every pretrained backbone expects.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+from conserviz_utils.errors import (  # noqa: E402  (the constants first: errors may name them)
     CheckpointError,
     ConservizError,
     DataValidationError,
@@ -25,6 +29,8 @@ from conserviz_utils.errors import (  # noqa: E402  (SPECIES first: errors may n
 )
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "SPECIES",
     "ConservizError",
     "DataValidationError",

@@ -1,4 +1,4 @@
-"""Callbacks: small pieces of behaviour that the training loop calls at fixed points.
+"""Callbacks: small pieces of behaviour that ``fit``'s loop (notebook 04) calls at named events.
 
 The loop in :mod:`conserviz_utils.train` only does forward, loss, backward, step and evaluation.
 Everything else — the NaN guard, gradient clipping, learning-rate schedules, early stopping,
@@ -20,10 +20,11 @@ event                     when
 ``close``                 always, even after an error: release files and progress bars
 ========================  =====================================================================
 
-A callback sets ``trainer.should_stop = True`` to end training after the current epoch. A
-callback with state (early stopping's best score, a scheduler) returns it from ``state_dict`` and
-takes it back in ``load_state_dict``: the checkpoint keeps it, so a resumed run continues exactly
-(the Lightning convention). ``on_batch_end`` and ``on_eval_end`` run while a second Ctrl-C waits,
+Each event receives the running ``trainer`` (what it offers: :class:`Trainer`). A callback sets
+``trainer.should_stop = True`` to end training after the current epoch. A callback with state
+(early stopping's best score, a scheduler) returns it from ``state_dict`` and takes it back in
+``load_state_dict``: the checkpoint keeps it, so a resumed run continues exactly (the Lightning
+convention). ``on_batch_end`` and ``on_eval_end`` run while a second Ctrl-C waits,
 so the weights, the history and what a checkpoint records change together.
 
 A callback of your own, e.g. one that records the learning rate of every batch::
@@ -39,19 +40,21 @@ A callback of your own, e.g. one that records the learning rate of every batch::
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from conserviz_utils.runtime.batches import first_ids, loader_length
 from conserviz_utils.errors import TrainingError
+from conserviz_utils.runtime.batches import first_ids, loader_length
+from conserviz_utils.runtime.resume import Position
 
-if TYPE_CHECKING:  # the loop imports this module; the type is only for annotations
-    from conserviz_utils.train import Trainer
+if TYPE_CHECKING:  # for annotations only (runtime.device does not import this module)
+    from conserviz_utils.runtime.device import PrecisionChoice
 
 #: Columns of the history ``fit`` returns. ``phase`` is "train" (one row per batch: ``lr``,
 #: ``train_loss``, and ``grad_norm`` when clipping) or "eval" (one row per epoch, placed at the
@@ -71,18 +74,36 @@ HISTORY_COLUMNS = (
     "eval_log_loss",
 )
 
-#: The events of the loop, in the order they first happen.
-EVENTS = (
-    "on_fit_start",
-    "on_epoch_start",
-    "on_loss",
-    "on_before_step",
-    "on_batch_end",
-    "on_eval_end",
-    "on_epoch_end",
-    "on_interrupt",
-    "on_fit_end",
-)
+class Trainer(Protocol):
+    """What a callback receives as ``trainer``: the running loop's state (a ``runtime.session.Session``)."""
+
+    model: torch.nn.Module  # as given to fit (a DistributedDataParallel wrapper under torchrun)
+    unwrapped_model: torch.nn.Module  # the model itself: what to save and restore
+    train_loader: Iterable
+    eval_loader: Iterable | None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # scales the loss in fp16; does nothing otherwise
+    device: torch.device
+    precision: str
+    precision_choice: PrecisionChoice | None
+    is_main_process: bool  # rank 0: the process that writes files
+    epochs: int  # of the whole run
+    history: History
+    position: Position  # epochs done, and batches done of the next one
+    step: int  # optimizer steps done over the whole run
+    batch: Mapping | None  # the batch being trained on
+    batch_values: dict[str, float]  # what the batch measured: train_loss, lr, grad_norm
+    should_stop: bool  # set it to end training after the current epoch
+    stop_reason: str | None  # the signal that interrupted training
+    weights_changed: bool  # set it when a callback replaced the weights after the last epoch
+    resumed_from: str | None
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether a signal asked training to stop."""
+
+    def save_checkpoint(self, path: Path, interrupted: bool) -> None:
+        """Write a resumable checkpoint of the current position."""
 
 
 class Callback:
@@ -454,7 +475,6 @@ class ProgressBars(Callback):
 
 
 __all__ = [
-    "EVENTS",
     "HISTORY_COLUMNS",
     "Callback",
     "Checkpointer",
@@ -464,6 +484,7 @@ __all__ = [
     "LRScheduler",
     "NonFiniteLossGuard",
     "ProgressBars",
+    "Trainer",
     "as_early_stopping",
     "history_frame",
     "history_row",

@@ -36,15 +36,36 @@ class ConservizError(Exception):
         self.column = column
         self.rows = list(rows) if rows is not None else []
         self.fix = fix
-        parts = [f"{self.path}: {problem}" if self.path is not None else problem]
-        if column is not None:
-            parts.append(f"column {column!r}")
+        #: The fix as another reader needs it, e.g. ``{"cli": "pass --folds 3"}`` (see :meth:`render`).
+        self.reader_fixes: dict[str, str] = {}
+        super().__init__(self.render())
+
+    def render(self, reader: str = "notebook") -> str:
+        """The message for its reader: "notebook" names settings and arguments, "cli" the command's flags.
+
+        One error, two wordings of the fix: the notebook's (``fix``) unless the reader has its own
+        (:meth:`for_reader`).
+        """
+        parts = [f"{self.path}: {self.problem}" if self.path is not None else self.problem]
+        if self.column is not None:
+            parts.append(f"column {self.column!r}")
         if self.rows:
             parts.append(_preview(self.rows))
         message = "; ".join(parts)
+        fix = self.reader_fixes.get(reader, self.fix)
         if fix:
             message += f". Fix: {fix}"
-        super().__init__(message)
+        return message
+
+    def for_reader(self, reader: str, fix: str) -> ConservizError:
+        """Give the fix as ``reader`` needs it (e.g. ``"cli"``: flags instead of settings); returns self."""
+        self.reader_fixes[reader] = fix
+        return self
+
+    def as_data(self) -> dict:
+        """The message's parts as plain data, e.g. to send the error back from a loader worker."""
+        path = None if self.path is None else str(self.path)
+        return {"problem": self.problem, "path": path, "column": self.column, "rows": self.rows, "fix": self.fix}
 
     def _render_traceback_(self) -> list[str]:
         """What a notebook shows (IPython's hook): the message, the learner's line, where it was raised.

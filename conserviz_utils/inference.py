@@ -1,4 +1,4 @@
-"""Scoring and prediction: run a model over a loader in inference mode.
+"""Scoring and prediction, taught in notebook 05: run a model over a loader in inference mode.
 
 ``evaluate`` scores a labelled loader (the loop calls it after every epoch), ``predict_logits``
 and ``predict`` give one row per image id in the submission layout. Images and the model use the
@@ -227,5 +227,6 @@ def predict(
         probs.index.name = "id"
     probs.attrs = dict(logits.attrs)
     return probs
+
 
 __all__ = ["evaluate", "forward_batches", "predict", "predict_logits"]

@@ -1,4 +1,4 @@
-"""One rule for labels: one-hot rows, species names or class numbers, checked the same everywhere.
+"""One rule for labels: one-hot rows, species names or class numbers (the layout notebook 01 shows).
 
 Labels reach conserviz in three forms, and every module reads them through this one:
 
@@ -25,8 +25,10 @@ from conserviz_utils.errors import DataValidationError
 __all__ = [
     "OneHotFaults",
     "class_positions",
+    "from_tensor",
     "one_hot",
     "one_hot_faults",
+    "row_names",
     "species_names",
 ]
 
@@ -144,8 +146,7 @@ def _read(labels, species, what: str) -> tuple[list, np.ndarray | None, np.ndarr
     if isinstance(labels, pd.Series):
         values = labels.to_numpy() if _is_numeric(labels.dtype) else labels.to_numpy(dtype=object)
         return _read_values(values, labels.index, species, what)
-    if hasattr(labels, "detach"):  # a torch tensor, without importing torch here
-        labels = labels.detach().cpu().numpy()
+    labels = from_tensor(labels)
     if isinstance(labels, str) or not hasattr(labels, "__len__"):
         raise DataValidationError(
             f"{what} must be one label per image, not a single {type(labels).__name__}",
@@ -209,7 +210,7 @@ def _read_frame(frame: pd.DataFrame, species, what: str, positional: bool = Fals
         raise DataValidationError(
             f"{what} are not one-hot: each row needs exactly one species (a single 1, the rest "
             "0, no NaN)",
-            rows=_row_names(None if positional else frame.index, bad),
+            rows=row_names(None if positional else frame.index, bad),
             fix=fix,
         )
     return classes, values.argmax(axis=1).astype(np.int64), None
@@ -226,7 +227,7 @@ def _read_values(values: np.ndarray, ids: pd.Index | None, species, what: str):
     if missing.any():
         raise DataValidationError(
             f"{what} are missing for some images",
-            rows=_row_names(ids, np.flatnonzero(missing)),
+            rows=row_names(ids, np.flatnonzero(missing)),
             fix="drop the unlabelled images or give each one a species name",
         )
     classes = None if species is None else list(species)
@@ -247,7 +248,7 @@ def _read_values(values: np.ndarray, ids: pd.Index | None, species, what: str):
         unknown = sorted({str(names[i]) for i in bad})
         raise DataValidationError(
             f"{what} name classes that are not species: {', '.join(unknown[:5])}",
-            rows=_row_names(ids, bad),
+            rows=row_names(ids, bad),
             fix=f"use the species names {', '.join(map(str, classes))}",
         )
     return classes, positions, None
@@ -264,7 +265,7 @@ def _numbers(values: np.ndarray, ids, classes, what: str) -> np.ndarray:
     if len(fractional):
         raise DataValidationError(
             f"{what} hold numbers that are not whole class numbers",
-            rows=_row_names(ids, np.asarray(fractional)),
+            rows=row_names(ids, np.asarray(fractional)),
             fix=_HARD_LABELS_FIX,
         )
     numbers = values.astype(np.int64)
@@ -272,7 +273,7 @@ def _numbers(values: np.ndarray, ids, classes, what: str) -> np.ndarray:
     if bad.size:
         raise DataValidationError(
             f"{what} hold class numbers outside 0..{len(classes) - 1}",
-            rows=_row_names(ids, bad),
+            rows=row_names(ids, bad),
             fix="give each label as a species name or a class number 0..classes-1",
         )
     return numbers
@@ -283,9 +284,14 @@ def _is_numeric(dtype) -> bool:
     return pd.api.types.is_numeric_dtype(dtype)
 
 
-def _row_names(ids: pd.Index | None, positions: np.ndarray) -> list:
-    """Name rows by id when there are ids, else by position."""
+def row_names(ids: pd.Index | None, positions: np.ndarray) -> list:
+    """Name rows by id when there are ids, else by position (for error messages)."""
     return list(ids[positions]) if ids is not None else [int(p) for p in positions]
+
+
+def from_tensor(values):
+    """A torch tensor as a numpy array (without importing torch here); anything else as it is."""
+    return values.detach().cpu().numpy() if hasattr(values, "detach") else values
 
 
 def _listed(names: list) -> str:

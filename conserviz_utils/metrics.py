@@ -1,4 +1,4 @@
-"""How good are the predictions? Accuracy, the competition's log loss, baselines, calibration.
+"""How good are the predictions? Log loss, accuracy, baselines, calibration (taught in notebook 05).
 
 Every scoring function takes its arguments in scikit-learn's order, ``(y_true, y_pred)``:
 ``log_loss(labels, probs)``; the two swapped are refused with an error that says so.
@@ -21,7 +21,7 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from conserviz_utils import SPECIES
 from conserviz_utils.errors import DataValidationError
-from conserviz_utils.labels import class_positions, one_hot_faults
+from conserviz_utils.labels import class_positions, from_tensor, one_hot_faults, row_names
 
 #: The competition clips probabilities to [EPS, 1 - EPS] before taking logarithms.
 EPS = 1e-15
@@ -43,10 +43,8 @@ def _to_matrix(values, what: str) -> tuple[np.ndarray, pd.Index | None, list | N
             )
         matrix = values.to_numpy(dtype=np.float64)
     else:
-        if hasattr(values, "detach"):  # a torch tensor, without importing torch here
-            values = values.detach().cpu().numpy()
         ids, columns = None, None
-        matrix = np.asarray(values, dtype=np.float64)
+        matrix = np.asarray(from_tensor(values), dtype=np.float64)
     if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] < 2:
         raise DataValidationError(
             f"{what} must be a non-empty (images, classes) table with at least 2 classes, "
@@ -54,11 +52,6 @@ def _to_matrix(values, what: str) -> tuple[np.ndarray, pd.Index | None, list | N
             fix=f"pass one row of {what} per image and one column per species",
         )
     return matrix, ids, columns
-
-
-def _row_names(ids: pd.Index | None, positions: np.ndarray) -> list:
-    """Name offending rows by id when there are ids, else by position."""
-    return list(ids[positions]) if ids is not None else [int(p) for p in positions]
 
 
 def _true_classes(
@@ -96,10 +89,8 @@ def as_float_table(values) -> np.ndarray | None:
         if not all(pd.api.types.is_numeric_dtype(values[c]) for c in values.columns):
             return None
         values = values.to_numpy(dtype=np.float64)
-    elif hasattr(values, "detach"):  # a torch tensor
-        values = values.detach().cpu().numpy()
     try:
-        table = np.asarray(values, dtype=np.float64)
+        table = np.asarray(from_tensor(values), dtype=np.float64)
     except (TypeError, ValueError):
         return None
     return table if table.ndim == 2 else None
@@ -116,9 +107,7 @@ def check_argument_order(labels, predictions, call: str) -> None:
         return
     second = as_float_table(predictions)
     if second is None:
-        if hasattr(predictions, "detach"):  # a torch tensor
-            predictions = predictions.detach().cpu().numpy()
-        looks_like_labels = np.ndim(np.asarray(predictions, dtype=object)) == 1
+        looks_like_labels = np.ndim(np.asarray(from_tensor(predictions), dtype=object)) == 1
     else:
         looks_like_labels = second.size > 0 and one_hot_faults(second).bad_rows.size == 0
     if looks_like_labels:
@@ -175,7 +164,7 @@ def _align(
     if bad.size:
         raise DataValidationError(
             f"{what} hold NaN or infinite values",
-            rows=_row_names(row_ids, bad),
+            rows=row_names(row_ids, bad),
             fix="check the model's outputs for these images",
         )
     if what == "probabilities":
@@ -183,7 +172,7 @@ def _align(
         if bad.size:
             raise DataValidationError(
                 "probabilities must lie in [0, 1]; these rows look like logits",
-                rows=_row_names(row_ids, bad),
+                rows=row_names(row_ids, bad),
                 fix="turn logits into probabilities with apply_temperature(logits, 1.0) (a softmax)",
             )
     return matrix, y, list(classes), row_ids
@@ -425,7 +414,7 @@ def apply_temperature(logits, temperature: float):
     if bad.size:
         raise DataValidationError(
             "logits hold NaN or infinite values",
-            rows=_row_names(ids, bad),
+            rows=row_names(ids, bad),
             fix="check the model's outputs for these images",
         )
     probs = np.exp(_log_softmax(matrix / t))

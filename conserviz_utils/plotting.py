@@ -4,6 +4,10 @@ Figures are made through pyplot, so Jupyter's inline backend shows each one once
 ends; end the cell with ``;`` so the returned Figure is not shown a second time. Outside a
 notebook, save it (``fig.savefig``) and close it (``plt.close(fig)``).
 
+Every figure is drawn under `conserviz_utils.palette`'s style (colour-blind-safe colours with
+hatches or markers, fonts of at least 10 pt, legends outside the data); dark night frames are
+brightened for display only.
+
 Labels may be the one-hot label frame or a Series id → species name (read by the one rule of
 `conserviz_utils.labels`); probabilities are a frame indexed by id with one column per species
 (what ``predict`` returns).
@@ -12,6 +16,7 @@ Labels may be the one-hot label frame or a Series id → species name (read by t
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,16 +32,31 @@ from sklearn.metrics import ConfusionMatrixDisplay
 from conserviz_utils.errors import DataValidationError, ImageLoadError
 from conserviz_utils.files.images import open_image
 from conserviz_utils.labels import species_names
-from conserviz_utils.metrics import check_argument_order
+from conserviz_utils.palette import (
+    HATCHES,
+    MARKERS,
+    OKABE_ITO,
+    PALETTE,
+    stretch_for_display,
+    with_figure_style,
+)
+from conserviz_utils.plot_inputs import (
+    Labels,
+    align_probs,
+    check_positive,
+    check_probs,
+    features_and_labels,
+    predicted_species,
+    require_paths,
+)
 from conserviz_utils.split import species_order
 
 #: Longest side of the images drawn in galleries: plenty for a 2–3 inch panel, and it keeps
 #: drawing fast.
 THUMBNAIL_SIDE = 320
 
-Labels = pd.DataFrame | pd.Series
 
-
+@with_figure_style
 def show_species_grid(
     data_or_features,
     labels: Labels | None = None,
@@ -52,18 +72,18 @@ def show_species_grid(
         per_species: images per species; 1 gives a 2-row grid, more gives one row per species.
         seed: which random images are drawn.
     """
-    features, labels = _features_and_labels(data_or_features, labels)
-    _check_positive(per_species, "per_species", example=2)
+    features, labels = features_and_labels(data_or_features, labels)
+    check_positive(per_species, "per_species", example=2)
     species = species_names(labels, species=None)
     names = species_order(species)
-    _require_paths(features, species.index)
+    require_paths(features, species.index)
     if per_species == 1:
         ncols = math.ceil(len(names) / 2)
         nrows = math.ceil(len(names) / ncols)
     else:
         nrows, ncols = len(names), per_species
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(2.5 * ncols, 1.9 * nrows), layout="constrained", squeeze=False
+        nrows, ncols, figsize=(2.8 * ncols, 2.1 * nrows), layout="constrained", squeeze=False
     )
     for ax in axes.flat:
         ax.set_axis_off()
@@ -74,11 +94,13 @@ def show_species_grid(
         for ax, image_id in zip(panels, drawn, strict=False):
             ax.imshow(_thumbnail(features.at[image_id, "path"]))
             site = f" · {features.at[image_id, 'site']}" if "site" in features.columns else ""
-            ax.set_title(f"{name}\n{image_id}{site}", fontsize=9)
-    fig.suptitle("Example images of each species (title: species, image id · site)")
+            ax.set_title(f"{name}\n{image_id}{site}", fontsize=10)
+    fig.suptitle("Example images of each species (title: species, image id · site; "
+                 "dark frames brightened for display)")
     return fig
 
 
+@with_figure_style
 def plot_class_distribution(
     labels: Labels | Mapping[str, Labels], title: str | None = None
 ) -> Figure:
@@ -99,12 +121,13 @@ def plot_class_distribution(
 
     bars_per_species = 1 if len(sets) == 1 else 0.6 * len(sets)
     fig, ax = plt.subplots(
-        figsize=(7, 0.3 * len(names) * bars_per_species + 1.2), layout="constrained"
+        figsize=(7 if len(sets) == 1 else 10, 0.3 * len(names) * bars_per_species + 1.4),
+        layout="constrained",
     )
     if len(sets) == 1:
         (species,) = sets.values()
         counts = species.value_counts().reindex(names, fill_value=0).sort_values()
-        bars = ax.barh(counts.index, counts.to_numpy(), color="tab:blue")
+        bars = ax.barh(counts.index, counts.to_numpy(), color=OKABE_ITO["blue"])
         _label_bars(ax, bars, counts, len(species))
         ax.set_xlabel("images")
         default_title = f"Images per species ({len(species):,} images)"
@@ -118,10 +141,11 @@ def plot_class_distribution(
         ax.set_xlabel("share of images")
         default_title = "Share of each species, " + " vs ".join(sets)
     ax.set_ylabel("species")
-    ax.set_title(title or default_title)
+    ax.set_title(textwrap.fill(title or default_title, 70))  # a long title wraps, never cut
     return fig
 
 
+@with_figure_style
 def plot_images_per_site(
     features: pd.DataFrame, test_features: pd.DataFrame | None = None
 ) -> Figure:
@@ -145,24 +169,24 @@ def plot_images_per_site(
         counts[name] = frame["site"].value_counts().sort_values(ascending=False, kind="stable")
 
     fig, axes = plt.subplots(
-        1, len(sets), figsize=(5.5 * len(sets), 3.5), layout="constrained", squeeze=False
+        1, len(sets), figsize=(6 * len(sets), 4), layout="constrained", squeeze=False
     )
     for ax, (name, per_site) in zip(axes.flat, counts.items(), strict=True):
         positions = np.arange(len(per_site))
-        ax.bar(positions, per_site.to_numpy(), width=1.0, color="tab:green")
+        ax.bar(positions, per_site.to_numpy(), width=1.0, color=OKABE_ITO["bluish green"])
         median = float(per_site.median())
         ax.axhline(median, color="black", linestyle="--", linewidth=1,
                    label=f"median {median:g} images")
         if len(per_site) <= 30:  # few enough sites to name them
-            ax.set_xticks(positions, per_site.index, rotation=90, fontsize=7)
+            ax.set_xticks(positions, per_site.index, rotation=90)
         else:
             ax.set_xticks([])
         ax.set_xlabel("site, sorted by number of images")
         ax.set_ylabel("images")
         largest_share = per_site.iloc[0] / per_site.sum()
         ax.set_title(f"{name}: {len(per_site)} sites; the largest, {per_site.index[0]}, "
-                     f"holds {largest_share:.0%}", fontsize=10)
-        ax.legend(fontsize=8)
+                     f"holds {largest_share:.0%}", fontsize=11)
+        _legend_outside(ax)
     title = "Images per site"
     if test_features is not None:
         shared = len(set(counts["train"].index) & set(counts["test"].index))
@@ -172,6 +196,7 @@ def plot_images_per_site(
     return fig
 
 
+@with_figure_style
 def plot_image_sizes(sizes_or_features: pd.DataFrame, top: int = 10) -> Figure:
     """How many images have each size (width × height), most common first.
 
@@ -180,7 +205,7 @@ def plot_image_sizes(sizes_or_features: pd.DataFrame, top: int = 10) -> Figure:
             with a ``path`` column, whose image headers are then read (see `image_sizes`).
         top: sizes shown separately; the rarer ones are grouped as "other".
     """
-    _check_positive(top, "top", example=10)
+    check_positive(top, "top", example=10)
     sizes = sizes_or_features
     if not {"width", "height"} <= set(sizes.columns):
         sizes = image_sizes(sizes)
@@ -192,8 +217,8 @@ def plot_image_sizes(sizes_or_features: pd.DataFrame, top: int = 10) -> Figure:
         rest = pd.Series({f"other ({len(counts) - top} sizes)": counts.iloc[top:].sum()})
         shown = pd.concat([shown, rest])
 
-    fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(shown) + 1.2), layout="constrained")
-    bars = ax.barh(shown.index, shown.to_numpy(), color="tab:purple")
+    fig, ax = plt.subplots(figsize=(7, max(0.35 * len(shown) + 1.4, 3.2)), layout="constrained")
+    bars = ax.barh(shown.index, shown.to_numpy(), color=OKABE_ITO["reddish purple"])
     _label_bars(ax, bars, shown, len(sizes))
     ax.invert_yaxis()  # most common on top
     ax.set_xlabel("images")
@@ -208,7 +233,7 @@ def image_sizes(features: pd.DataFrame) -> pd.DataFrame:
     Returns:
         A frame indexed like ``features`` with integer columns ``width`` and ``height``.
     """
-    _require_paths(features, features.index)
+    require_paths(features, features.index)
     sizes = []
     for path in features["path"]:
         try:
@@ -223,13 +248,18 @@ def image_sizes(features: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(sizes, index=features.index, columns=["width", "height"], dtype="int64")
 
 
-def plot_loss_curve(history: pd.DataFrame, window: int = 50) -> Figure:
-    """Training loss per batch, its moving average, and the eval loss after each epoch.
+@with_figure_style
+def plot_loss_curve(
+    history: pd.DataFrame, window: int = 50, held_out: str = "held-out images"
+) -> Figure:
+    """Training loss per batch, its moving average, and the held-out loss after each epoch.
 
     Args:
         history: the frame ``fit`` returns (columns ``step``, ``epoch``, ``train_loss`` and, when
             an eval loader was given, ``eval_loss``; NaN where not measured).
         window: batches in the moving average.
+        held_out: what the eval loader held, named in the legend (e.g. "held-out training
+            sites", or "eval images" where they are the eval split).
     """
     if not isinstance(history, pd.DataFrame) or "train_loss" not in history.columns:
         raise DataValidationError(
@@ -237,7 +267,7 @@ def plot_loss_curve(history: pd.DataFrame, window: int = 50) -> Figure:
             column="train_loss",
             fix="pass the history frame returned by fit",
         )
-    _check_positive(window, "window", example=50)
+    check_positive(window, "window", example=50)
     if "step" in history.columns:
         steps = history["step"]
     else:
@@ -252,18 +282,19 @@ def plot_loss_curve(history: pd.DataFrame, window: int = 50) -> Figure:
     loss = history.loc[trained, "train_loss"].astype(float)
     x = steps[trained].to_numpy()
 
-    fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
-    ax.plot(x, loss.to_numpy(), color="tab:blue", alpha=0.3, linewidth=0.8,
+    fig, ax = plt.subplots(figsize=(9, 4), layout="constrained")
+    ax.plot(x, loss.to_numpy(), color=PALETTE[0], alpha=0.3, linewidth=0.8,
             label="train loss (each batch)")
     average = loss.rolling(window, min_periods=1).mean()
-    ax.plot(x, average.to_numpy(), color="tab:blue", linewidth=2,
+    ax.plot(x, average.to_numpy(), color=PALETTE[0], linewidth=2,
             label=f"train loss ({min(window, len(loss))}-batch moving average)")
     eval_column = next((c for c in ("eval_loss", "eval_log_loss") if c in history.columns), None)
     if eval_column is not None:
         measured = history[eval_column].notna()
         if measured.any():
             ax.plot(steps[measured].to_numpy(), history.loc[measured, eval_column].astype(float),
-                    "o-", color="tab:orange", linewidth=2, label="eval loss (after each epoch)")
+                    color=PALETTE[1], marker=MARKERS[1], linewidth=2,
+                    label=f"loss on the {held_out} (after each epoch)")
     title = "Loss during training"
     if "epoch" in history.columns:
         for end in steps.groupby(history["epoch"]).max().to_numpy()[:-1]:
@@ -272,10 +303,11 @@ def plot_loss_curve(history: pd.DataFrame, window: int = 50) -> Figure:
     ax.set_xlabel("training step (batch)")
     ax.set_ylabel("cross-entropy loss")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    _legend_outside(ax)
     return fig
 
 
+@with_figure_style
 def plot_confusion_matrix(
     labels: Labels, probs: pd.DataFrame, normalize: str | None = "true"
 ) -> Figure:
@@ -298,9 +330,9 @@ def plot_confusion_matrix(
             f"normalize must be 'true', 'pred', 'all' or None, got {normalize!r}",
             fix="pass normalize='true'",
         )
-    probs, true = _align(probs, labels, "plot_confusion_matrix(labels, probs)")
-    predicted = _predicted(probs)
-    fig, ax = plt.subplots(figsize=(7.5, 6.5), layout="constrained")
+    probs, true = align_probs(probs, labels, "plot_confusion_matrix(labels, probs)")
+    predicted = predicted_species(probs)
+    fig, ax = plt.subplots(figsize=(8.5, 7.5), layout="constrained")
     ConfusionMatrixDisplay.from_predictions(
         true,
         predicted,
@@ -315,11 +347,11 @@ def plot_confusion_matrix(
     ax.set_xlabel("predicted species")
     ax.set_ylabel("true species")
     accuracy = (predicted == true).mean()
-    ax.set_title(f"{titles[normalize]}\n{len(true):,} images, accuracy {accuracy:.1%}",
-                 fontsize=10)
+    ax.set_title(f"{titles[normalize]}\n{len(true):,} images, accuracy {accuracy:.1%}")
     return fig
 
 
+@with_figure_style
 def plot_prediction_distribution(probs: pd.DataFrame, labels: Labels | None = None) -> Figure:
     """How often each species is predicted (most probable class), beside how often it is true.
 
@@ -328,14 +360,14 @@ def plot_prediction_distribution(probs: pd.DataFrame, labels: Labels | None = No
         labels: true labels of those ids; without them only the predictions are drawn.
     """
     if labels is None:
-        _check_probs(probs)
-        counts = {"predicted": _predicted(probs).value_counts()}
+        check_probs(probs)
+        counts = {"predicted": predicted_species(probs).value_counts()}
         title = f"Predicted species ({len(probs):,} images)"
     else:
-        probs, true = _align(probs, labels, "plot_prediction_distribution(probs, labels)")
-        counts = {"true": true.value_counts(), "predicted": _predicted(probs).value_counts()}
+        probs, true = align_probs(probs, labels, "plot_prediction_distribution(probs, labels)")
+        counts = {"true": true.value_counts(), "predicted": predicted_species(probs).value_counts()}
         title = f"Predicted vs true species ({len(probs):,} images)"
-    fig, ax = plt.subplots(figsize=(7.5, 3.8), layout="constrained")
+    fig, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
     _grouped_bars(ax, counts, list(probs.columns), horizontal=False)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("species")
@@ -344,6 +376,7 @@ def plot_prediction_distribution(probs: pd.DataFrame, labels: Labels | None = No
     return fig
 
 
+@with_figure_style
 def plot_misclassified(
     labels: Labels,
     probs: pd.DataFrame,
@@ -360,10 +393,10 @@ def plot_misclassified(
         n: at most this many images, the most confident mistakes first.
         ncols: images per row.
     """
-    _check_positive(n, "n", example=12)
-    _check_positive(ncols, "ncols", example=4)
-    probs, true = _align(probs, labels, "plot_misclassified(labels, probs, features)")
-    predicted = _predicted(probs)
+    check_positive(n, "n", example=12)
+    check_positive(ncols, "ncols", example=4)
+    probs, true = align_probs(probs, labels, "plot_misclassified(labels, probs, features)")
+    predicted = predicted_species(probs)
     confidence = pd.Series(probs.to_numpy().max(axis=1), index=probs.index)
     wrong = predicted != true
     # Most confident first; the stable sort keeps the order of ids among ties.
@@ -374,11 +407,11 @@ def plot_misclassified(
                 ha="center", va="center")
         ax.set_axis_off()
         return fig
-    _require_paths(features, mistakes)
+    require_paths(features, mistakes)
     ncols = min(ncols, len(mistakes))
     nrows = math.ceil(len(mistakes) / ncols)
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(2.5 * ncols, 2.3 * nrows), layout="constrained", squeeze=False
+        nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows), layout="constrained", squeeze=False
     )
     for ax in axes.flat:
         ax.set_axis_off()
@@ -386,10 +419,10 @@ def plot_misclassified(
         ax.imshow(_thumbnail(features.at[image_id, "path"]))
         t, p = true[image_id], predicted[image_id]
         ax.set_title(f"{image_id}\ntrue {t} ({probs.at[image_id, t]:.2f})\n"
-                     f"predicted {p} ({probs.at[image_id, p]:.2f})", fontsize=8)
+                     f"predicted {p} ({probs.at[image_id, p]:.2f})", fontsize=10)
     fig.suptitle(f"The {len(mistakes)} most confident mistakes ({int(wrong.sum()):,} of "
-                 f"{len(probs):,} images misclassified; in brackets: predicted probability)",
-                 fontsize=10)
+                 f"{len(probs):,} images misclassified)\nin brackets: predicted probability; "
+                 "dark frames brightened for display", fontsize=11)
     return fig
 
 
@@ -402,10 +435,10 @@ def reliability_table(labels: Labels, probs: pd.DataFrame, n_bins: int = 10) -> 
         A frame indexed by bin with ``low``, ``high``, ``count``, ``confidence`` and
         ``accuracy`` (NaN for empty bins).
     """
-    _check_positive(n_bins, "n_bins", example=10)
-    probs, true = _align(probs, labels, "reliability_table(labels, probs)")
+    check_positive(n_bins, "n_bins", example=10)
+    probs, true = align_probs(probs, labels, "reliability_table(labels, probs)")
     confidence = probs.to_numpy().max(axis=1)
-    correct = (_predicted(probs) == true).to_numpy()
+    correct = (predicted_species(probs) == true).to_numpy()
     bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)  # 1.0 joins the top bin
     per_bin = pd.DataFrame({"bin": bins, "confidence": confidence, "correct": correct})
     table = per_bin.groupby("bin").agg(
@@ -419,11 +452,7 @@ def reliability_table(labels: Labels, probs: pd.DataFrame, n_bins: int = 10) -> 
     return table
 
 
-def expected_calibration_error(labels: Labels, probs: pd.DataFrame, n_bins: int = 10) -> float:
-    """The expected calibration error: the count-weighted mean |accuracy − confidence| of bins."""
-    return _ece(reliability_table(labels, probs, n_bins))
-
-
+@with_figure_style
 def plot_reliability_diagram(
     labels: Labels,
     probs: pd.DataFrame,
@@ -445,7 +474,7 @@ def plot_reliability_diagram(
     if calibrated_probs is not None:
         series["calibrated"] = calibrated_probs
     fig, (ax, ax_count) = plt.subplots(
-        2, 1, figsize=(5.5, 6), sharex=True, height_ratios=[3, 1], layout="constrained"
+        2, 1, figsize=(8, 6.5), sharex=True, height_ratios=[3, 1], layout="constrained"
     )
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
     eces = []
@@ -454,14 +483,14 @@ def plot_reliability_diagram(
         table = reliability_table(labels, frame, n_bins)
         filled = table[table["count"] > 0]
         eces.append(_ece(table))
-        ax.plot(filled["confidence"], filled["accuracy"], "o-",
+        ax.plot(filled["confidence"], filled["accuracy"], marker=MARKERS[k], color=PALETTE[k],
                 label=f"{name} (ECE {eces[-1]:.3f})")
         ax_count.bar(table["low"] + (k + 0.5) * width, table["count"] / table["count"].sum(),
-                     width, label=name)
+                     width, label=name, color=PALETTE[k], hatch=HATCHES[k], edgecolor="white")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy in the bin")
-    ax.legend(fontsize=8, loc="upper left")
+    _legend_outside(ax)
     ax_count.set_xlabel("confidence (top predicted probability)")
     ax_count.set_ylabel("share of images")
     title = f"Reliability diagram: ECE {eces[0]:.3f}"
@@ -471,126 +500,48 @@ def plot_reliability_diagram(
     return fig
 
 
-def _features_and_labels(data_or_features, labels: Labels | None) -> tuple[pd.DataFrame, Labels]:
-    """Features and labels from a CompetitionData-like object or a features frame plus labels."""
-    if isinstance(data_or_features, pd.DataFrame):
-        features = data_or_features
-    elif hasattr(data_or_features, "train_features"):
-        features = data_or_features.train_features
-        if labels is None:
-            labels = data_or_features.train_labels
-    else:
-        raise DataValidationError(
-            "expected the competition data or a features frame, not "
-            f"{type(data_or_features).__name__}",
-            fix="pass load_competition(...) or its train_features with labels",
-        )
-    if labels is None:
-        raise DataValidationError("labels are missing", fix="pass labels=data.train_labels")
-    return features, labels
-
-
-def _check_positive(value: int, name: str, example: int) -> None:
-    """Refuse anything but a positive integer."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise DataValidationError(
-            f"{name} must be a positive integer, got {value!r}", fix=f"pass e.g. {name}={example}"
-        )
-
-
-def _require_paths(features: pd.DataFrame, ids: pd.Index) -> None:
-    """Refuse features without an absolute ``path`` for each of ``ids``."""
-    if not isinstance(features, pd.DataFrame) or "path" not in features.columns:
-        raise DataValidationError(
-            "features have no 'path' column (absolute image paths)",
-            column="path",
-            fix="use the features of load_competition, which adds it from filepath and the root",
-        )
-    missing = pd.Index(ids).difference(features.index)
-    if len(missing):
-        raise DataValidationError(
-            "these ids are not in the features",
-            rows=missing,
-            fix="pass the features of the same images",
-        )
-
-
 def _thumbnail(path: str | Path) -> np.ndarray:
-    """The image at ``path`` as an RGB array no larger than `THUMBNAIL_SIDE`."""
+    """The image at ``path`` as RGB, no larger than `THUMBNAIL_SIDE`; a dark one brightened."""
     image = open_image(path)
     image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-    return np.asarray(image)
+    return stretch_for_display(np.asarray(image))
 
 
 def _label_bars(ax: Axes, bars, counts: pd.Series, total: int) -> None:
     """Write "count · share" at the end of each bar, with room for the text."""
-    ax.bar_label(bars, labels=[f"{c:,} · {c / total:.1%}" for c in counts], padding=3, fontsize=8)
-    ax.margins(x=0.18)
+    ax.bar_label(bars, labels=[f"{c:,} · {c / total:.1%}" for c in counts], padding=3)
+    ax.margins(x=0.25)
 
 
 def _grouped_bars(
     ax: Axes, values: Mapping[str, pd.Series], names: list[str], *, horizontal: bool
 ) -> None:
-    """One group of bars per name (species), one bar per entry of ``values``, with a legend."""
+    """One group of bars per name (species), one bar per entry of ``values``, with a legend.
+
+    Each entry has its own colour and hatch, so the bars differ in more than colour.
+    """
     positions = np.arange(len(names))
     thickness = 0.8 / len(values)
     for k, (label, series) in enumerate(values.items()):
         offsets = positions + (k - (len(values) - 1) / 2) * thickness
         heights = series.reindex(names, fill_value=0).to_numpy()
+        style = {"label": label, "color": PALETTE[k % len(PALETTE)],
+                 "hatch": HATCHES[k % len(HATCHES)], "edgecolor": "white", "linewidth": 0}
         if horizontal:
-            ax.barh(offsets, heights, thickness, label=label)
+            ax.barh(offsets, heights, thickness, **style)
         else:
-            ax.bar(offsets, heights, thickness, label=label)
+            ax.bar(offsets, heights, thickness, **style)
     if horizontal:
         ax.set_yticks(positions, names)
         ax.invert_yaxis()  # first species on top, as in a table
     else:
-        ax.set_xticks(positions, names, rotation=30, ha="right")
-    ax.legend(fontsize=8)
+        ax.set_xticks(positions, names, rotation=30, ha="right", rotation_mode="anchor")
+    _legend_outside(ax)
 
 
-def _check_probs(probs: pd.DataFrame) -> None:
-    """Refuse anything but a non-empty frame of numeric probabilities."""
-    if not isinstance(probs, pd.DataFrame) or probs.empty:
-        raise DataValidationError(
-            "probs must be a non-empty DataFrame indexed by id with one column per species",
-            fix="pass the frame returned by predict",
-        )
-    non_numeric = [c for c in probs.columns if not pd.api.types.is_numeric_dtype(probs[c])]
-    if non_numeric:
-        raise DataValidationError(
-            "probability columns must be numeric",
-            column=str(non_numeric[0]),
-            fix="pass the frame returned by predict",
-        )
-
-
-def _align(probs: pd.DataFrame, labels: Labels, call: str) -> tuple[pd.DataFrame, pd.Series]:
-    """Probabilities and the true species of the same ids, in the order of ``probs``."""
-    check_argument_order(labels, probs, call)
-    _check_probs(probs)
-    species = species_names(labels, species=None)
-    if species.index.has_duplicates:
-        raise DataValidationError(
-            "labels list some ids more than once",
-            rows=species.index[species.index.duplicated()].unique(),
-            fix="keep one label per image id",
-        )
-    missing = probs.index.difference(species.index)
-    if len(missing):
-        raise DataValidationError(
-            "these ids have probabilities but no label",
-            rows=missing,
-            fix="evaluate on labelled images (the eval side of the split)",
-        )
-    true = species.reindex(probs.index)
-    unknown = sorted(set(true) - set(probs.columns))
-    if unknown:
-        raise DataValidationError(
-            f"labels name species that have no probability column: {unknown}",
-            fix="predict with the same species list as the labels",
-        )
-    return probs, true
+def _legend_outside(ax: Axes) -> None:
+    """The axes' legend to the right of its plot area, where it covers no data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
 
 
 def _ece(table: pd.DataFrame) -> float:
@@ -598,9 +549,3 @@ def _ece(table: pd.DataFrame) -> float:
     filled = table[table["count"] > 0]
     gaps = (filled["accuracy"] - filled["confidence"]).abs()
     return float((gaps * filled["count"]).sum() / filled["count"].sum())
-
-
-def _predicted(probs: pd.DataFrame) -> pd.Series:
-    """The most probable species of each row."""
-    names = probs.columns[probs.to_numpy().argmax(axis=1)].astype(str)
-    return pd.Series(names, index=probs.index, name="predicted")

@@ -171,7 +171,7 @@ def split_by_site(
         raise DataValidationError(
             f"n_trials must be a positive integer, got {n_trials!r}", fix="pass e.g. n_trials=32"
         )
-    species, sites = _species_and_sites(features, labels)
+    species, sites = species_and_sites(features, labels)
     counts = pd.crosstab(sites, species)  # sites × species, both sorted
     if len(counts) < 2:
         raise DataValidationError(
@@ -186,7 +186,7 @@ def split_by_site(
     return _in_order(species.index, species.index[~is_eval], species.index[is_eval])
 
 
-def _species_and_sites(features: pd.DataFrame, labels) -> tuple[pd.Series, pd.Series]:
+def species_and_sites(features: pd.DataFrame, labels) -> tuple[pd.Series, pd.Series]:
     """The species and the site of every labelled image; every image of ``features`` needs a label."""
     species = labels_to_species(labels)
     sites = _sites_of(features, species.index)
@@ -445,151 +445,3 @@ def _improve(counts, in_eval, current, imbalance) -> tuple[np.ndarray, float]:
         current = swapped[i, j]
         in_eval[eval_sites[i]], in_eval[train_sites[j]] = False, True
         score = float(swap_scores[i, j])
-
-
-def site_folds(
-    features: pd.DataFrame,
-    labels: pd.DataFrame | pd.Series,
-    n_folds: int = 5,
-    seed: int = 0,
-) -> pd.Series:
-    """Site-grouped cross-validation folds: each train image in one eval fold, each site in one.
-
-    The start is scikit-learn's ``StratifiedGroupKFold`` (shuffled with ``seed``). A local search
-    then moves single sites between folds, or swaps two, while that lowers the imbalance: the
-    imbalance of a fold is `split_by_site`'s (the error of its share of the images plus the
-    root-mean-square error of its share of each species, both against 1/``n_folds`` and
-    relative to it), averaged over the folds. On the real Conser-vision CSVs (148 sites, 5
-    folds) it lowers ``StratifiedGroupKFold``'s imbalance from 0.24 to 0.17: fold sizes equal to
-    the image instead of 19–24 % of the images, and a slightly lower species error (the
-    attributes below carry both figures). A species seen at a single site lands in one fold
-    only, so the heads trained without that fold never learn it: reported in
-    ``attrs["single_site_species"]`` and by a ``UserWarning``, never an error. Different seeds
-    may give the same folds: the search often ends at the same balance from different starts.
-
-    Args:
-        features: frame indexed by id with a ``site`` column (``train_features.csv``).
-        labels: one-hot label frame or Series id → species name, with the same ids.
-        n_folds: number of folds, at least 2 and at most the number of sites.
-        seed: seeds the shuffle of the start; the search itself is deterministic.
-
-    Returns:
-        A Series ``fold`` (0 … n_folds-1) indexed by id, in the order of ``labels``; fold ``k``'s
-        eval images are ``folds.index[folds == k]``. ``attrs`` holds ``imbalance`` (after the
-        search), ``start_imbalance`` (``StratifiedGroupKFold`` alone) and
-        ``single_site_species`` (species → its one site).
-
-    Raises:
-        DataValidationError: fewer sites than folds, or features and labels that do not match.
-    """
-    import warnings
-
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    if isinstance(n_folds, bool) or not isinstance(n_folds, int | np.integer) or n_folds < 2:
-        raise DataValidationError(
-            f"n_folds must be a whole number of at least 2, got {n_folds!r}", fix="pass e.g. n_folds=5"
-        )
-    species, sites = _species_and_sites(features, labels)
-    counts_frame = pd.crosstab(sites, species)  # sites × species, both sorted
-    if len(counts_frame) < n_folds:
-        raise DataValidationError(
-            f"{n_folds} site-grouped folds need at least {n_folds} sites, and these images come "
-            f"from {len(counts_frame)}",
-            column="site",
-            rows=counts_frame.index,
-            fix=f"pass n_folds={max(2, len(counts_frame))} or fewer, or use more sites",
-        )
-    counts = counts_frame.to_numpy(dtype=np.int64)
-    totals = counts.sum(axis=0)
-    share = 1.0 / n_folds
-    empty_fold = 1e6  # a fold without images is never acceptable, but keeps the sums finite
-
-    def fold_scores(fold_counts: np.ndarray) -> np.ndarray:
-        """The imbalance of each fold (last axis: species), as in `split_by_site`."""
-        sizes = fold_counts.sum(axis=-1)
-        size_error = np.abs(sizes / totals.sum() - share)
-        species_error = np.sqrt(((fold_counts / totals - share) ** 2).mean(axis=-1))
-        return np.where(sizes > 0, (size_error + species_error) / share, empty_fold)
-
-    # The start: StratifiedGroupKFold on one row per image. It warns when a species has fewer
-    # images than folds; single-site species are reported below instead.
-    site_number = pd.Index(counts_frame.index).get_indexer(sites)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        fold_of_site = np.zeros(len(counts), dtype=np.int64)
-        for fold, (_, eval_rows) in enumerate(
-            splitter.split(np.zeros(len(species)), species.to_numpy(), site_number)
-        ):
-            fold_of_site[np.unique(site_number[eval_rows])] = fold
-
-    per_fold = np.stack([counts[fold_of_site == k].sum(axis=0) for k in range(n_folds)])
-    scores = fold_scores(per_fold)
-    start_imbalance = float(scores.mean())
-    # Best-improvement search: every move of one site to another fold, then every swap of two
-    # sites of different folds, scored on the two folds it changes. Each step lowers the sum,
-    # so it ends; the cap only guards against float noise.
-    for _ in range(50 * len(counts)):
-        source = fold_of_site
-        without = per_fold[source] - counts  # (sites, species): each site's fold without it
-        with_site = per_fold[None, :, :] + counts[:, None, :]  # (sites, folds, species)
-        move_gain = (
-            scores[source][:, None] + scores[None, :]
-            - fold_scores(without)[:, None]
-            - fold_scores(with_site)
-        )
-        move_gain[np.arange(len(counts)), source] = -np.inf  # staying put is no move
-        site, target = np.unravel_index(int(np.argmax(move_gain)), move_gain.shape)
-        if move_gain[site, target] > _IMPROVEMENT:
-            per_fold[source[site]] -= counts[site]
-            per_fold[target] += counts[site]
-            fold_of_site = fold_of_site.copy()
-            fold_of_site[site] = target
-            scores = fold_scores(per_fold)
-            continue
-        if len(counts) ** 2 > _MAX_SWAP_PAIRS:
-            break
-        # Swap site a (fold A) with site b (fold B): A loses a and gains b, B the reverse.
-        delta = counts[None, :, :] - counts[:, None, :]  # [a, b] = counts[b] - counts[a]
-        fold_a = per_fold[source][:, None, :] + delta
-        fold_b = per_fold[source][None, :, :] - delta
-        swap_gain = (
-            scores[source][:, None] + scores[source][None, :]
-            - fold_scores(fold_a)
-            - fold_scores(fold_b)
-        )
-        swap_gain[source[:, None] == source[None, :]] = -np.inf
-        a, b = np.unravel_index(int(np.argmax(swap_gain)), swap_gain.shape)
-        if not swap_gain[a, b] > _IMPROVEMENT:
-            break
-        fold_of_site = fold_of_site.copy()
-        fold_a_number, fold_b_number = fold_of_site[a], fold_of_site[b]
-        per_fold[fold_a_number] += counts[b] - counts[a]
-        per_fold[fold_b_number] += counts[a] - counts[b]
-        fold_of_site[a], fold_of_site[b] = fold_b_number, fold_a_number
-        scores = fold_scores(per_fold)
-
-    sites_per_species = (counts > 0).sum(axis=0)
-    single_site = {
-        str(name): str(counts_frame.index[np.flatnonzero(counts[:, j])[0]])
-        for j, name in enumerate(counts_frame.columns)
-        if sites_per_species[j] == 1
-    }
-    if single_site:
-        warnings.warn(
-            f"{len(single_site)} species are seen at a single site, so they fall in one fold "
-            f"and that fold's heads never learn them: "
-            + ", ".join(f"{name} (only at {site})" for name, site in single_site.items()),
-            UserWarning,
-            stacklevel=2,
-        )
-    folds = pd.Series(
-        fold_of_site[site_number], index=species.index.rename("id"), name="fold", dtype=np.int64
-    )
-    folds.attrs.update(
-        imbalance=float(scores.mean()),
-        start_imbalance=start_imbalance,
-        single_site_species=single_site,
-    )
-    return folds

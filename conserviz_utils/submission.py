@@ -1,4 +1,4 @@
-"""Submissions: probabilities in exactly the layout of submission_format, checked before writing.
+"""Submissions: probabilities in the exact layout of submission_format, checked (notebook 06).
 
 The competition scores a CSV with one row per test id, in the order of ``submission_format.csv``,
 and one probability column per species, in its order. A missing or extra id, a swapped column
@@ -170,20 +170,14 @@ def _check_columns(
     """Refuse missing, extra or repeated species columns (and reordered ones unless allowed)."""
     expected = list(submission_format.columns)
     found = list(df.columns)
-    missing = [c for c in expected if c not in found]
-    if missing:
-        raise SubmissionError(
-            f"missing species column(s) {missing}",
-            column=str(missing[0]),
-            fix=f"give one probability column per species: {expected}",
-        )
-    extra = [c for c in found if c not in expected]
-    if extra:
-        raise SubmissionError(
-            f"unexpected column(s) {extra}",
-            column=str(extra[0]),
-            fix=f"keep only the species columns {expected}",
-        )
+    for absent, problem, fix in [
+        ([c for c in expected if c not in found], "missing species column(s)",
+         f"give one probability column per species: {expected}"),
+        ([c for c in found if c not in expected], "unexpected column(s)",
+         f"keep only the species columns {expected}"),
+    ]:
+        if absent:
+            raise SubmissionError(f"{problem} {absent}", column=str(absent[0]), fix=fix)
     if len(found) != len(set(found)):
         repeated = sorted({c for c in found if found.count(c) > 1})
         raise SubmissionError(
@@ -206,20 +200,15 @@ def _check_ids(df: pd.DataFrame, submission_format: pd.DataFrame) -> None:
             rows=df.index[df.index.duplicated()].unique(),
             fix="keep one row per test id",
         )
-    missing = submission_format.index.difference(df.index, sort=False)
-    if len(missing):
-        raise SubmissionError(
-            "test ids without a prediction",
-            rows=missing,
-            fix="predict on every test image (data.test_features) with on_error='raise'",
-        )
-    extra = df.index.difference(submission_format.index, sort=False)
-    if len(extra):
-        raise SubmissionError(
-            "rows whose ids are not in submission_format",
-            rows=extra,
-            fix="predict on the test images only (train or eval ids do not belong here)",
-        )
+    for ids, listed, problem, fix in [
+        (submission_format.index, df.index, "test ids without a prediction",
+         "predict on every test image (data.test_features) with on_error='raise'"),
+        (df.index, submission_format.index, "rows whose ids are not in submission_format",
+         "predict on the test images only (train or eval ids do not belong here)"),
+    ]:
+        absent = ids.difference(listed, sort=False)
+        if len(absent):
+            raise SubmissionError(problem, rows=absent, fix=fix)
 
 
 def _check_values(df: pd.DataFrame, bad: np.ndarray, problem: str, fix: str) -> None:

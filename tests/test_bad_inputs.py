@@ -239,8 +239,8 @@ CSV_CASES = [
          "train_features.csv", ("'..'", "ZJ000001")),
     Case("image symlinked outside the root", symlink_outside("train_features/ZJ000008.jpg"),
          "train_features.csv", ("symbolic link", "ZJ000008")),
-    Case("image folder symlinked outside the root", symlink_folder_outside("test_features"),
-         "test_features.csv", ("symbolic link", "ZJ000016")),
+    # A JupyterHub's shared, read-only copy of the images, linked in as the whole folder: it reads.
+    Case("image folder symlinked to a shared copy", symlink_folder_outside("test_features"), None),
     Case("image symlinked inside the root", symlink_inside("train_features/ZJ000008.jpg"), None),
     Case("broken symlink", lambda root: (root / "train_features" / "ZJ000010.jpg").unlink()
          or (root / "train_features" / "ZJ000010.jpg").symlink_to(root / "gone.jpg"),

@@ -61,9 +61,9 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     assert results["head_training"]["rows"] == 16_000 and _positive(results["head_training"]["seconds"])
     # (a) and (b) time fit and predict at precision "auto": it must have measured the workload (the
     # timing wrapper passes the loader's batch size on), not fallen back to the fp32 rule.
-    from conserviz_utils.runtime.device import cpu_supports_bf16
+    from conserviz_utils.runtime.cpu import cpu_bf16_support
 
-    if cpu_supports_bf16():
+    if cpu_bf16_support() != "none":
         assert results["train"]["conserviz"]["precision"].split(", ")[1] in ("measured", "cached")
         assert results["inference"]["conserviz"]["precision"].split(", ")[1] in ("measured", "cached")
     for pipeline in ("seed", "conserviz"):  # (i) the same images embedded both ways
@@ -109,3 +109,20 @@ def test_full_size_times_the_notebooks_on_a_cached_stand_in(tmp_path):
     assert run["seconds"] >= run["notebooks"]["01_explore"]
     assert (work / "course-24" / "executed" / "01_explore.ipynb").is_file()
     assert "01_explore" in done.stdout and "(h) the course" in done.stdout
+
+
+def test_compile_times_eager_with_a_note_when_the_compiled_call_fails(monkeypatch):
+    """No C++ compiler (or an unsupported operator): the --compile row says why and times eager."""
+    import torch
+
+    def broken_compile(model):
+        def compiled(images):
+            raise RuntimeError("InductorError: no working C++ compiler found\nlong details")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    result = _module().child_compile({"image_size": 32, "batch_size": 2, "steps": 2, "precision": "fp32"})
+    assert result["compiled"] is False
+    assert result["note"] == "torch.compile failed (RuntimeError: InductorError: no working C++ compiler found); ran eagerly"
+    assert _positive(result["images_per_second"]) and _positive(result["first_batch_seconds"])

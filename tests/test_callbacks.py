@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conserviz_utils.callbacks import EVENTS, Callback, EarlyStopping, LRScheduler
+from conserviz_utils.callbacks import Callback, EarlyStopping, LRScheduler
 from conserviz_utils.runtime.checkpoint import resume_state
 from conserviz_utils.course.features import fit_head
 from conserviz_utils.train import fit
@@ -31,7 +31,7 @@ class EventLog(Callback):
         self.seen = []
 
     def __getattribute__(self, name):
-        if name in EVENTS:
+        if name.startswith("on_") and name in vars(Callback):  # the loop's events
             def record(trainer, *args):
                 self.seen.append((name, trainer.position.epoch, trainer.position.batch))
             return record

@@ -14,7 +14,7 @@ from torch import nn
 from conserviz_utils import SPECIES, CheckpointError
 from conserviz_utils.runtime.checkpoint import CHECKPOINT_VERSION, load_checkpoint, resume_state, save_checkpoint
 from conserviz_utils.models import build_model, model_info
-from conserviz_utils.train import predict
+from conserviz_utils.inference import predict
 from test_train import TinyNet, assert_same_weights, make_data, make_loader, one_thread, weights  # noqa: F401
 
 QUIET = {"device": "cpu", "precision": "fp32", "progress": False}

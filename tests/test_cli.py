@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conserviz_utils.tools import cli
+from conserviz_utils.tools import cli, cli_train
 from conserviz_utils.course.recipe import Recipe
 
 COMMANDS = ("sample", "embed", "train", "evaluate", "predict", "submit", "course")
@@ -239,7 +239,7 @@ def test_devices_re_runs_the_same_command_under_torchrun(tiny_sample, tmp_path, 
         launched.update(command=command, env=env)
         return 0
 
-    monkeypatch.setattr(cli.subprocess, "call", fake_call)
+    monkeypatch.setattr(cli_train.subprocess, "call", fake_call)
     argv = ["train", "--data", str(tiny_sample), "--out", str(tmp_path), "--devices", "2", "--device", "cpu",
             "--stage", "finetune"]
     code, _, stderr = run(*argv)
@@ -257,7 +257,7 @@ def test_devices_beyond_the_gpus_is_a_usage_error(tiny_sample, tmp_path, monkeyp
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(cli.subprocess, "call", lambda *a, **k: pytest.fail("must not launch"))
+    monkeypatch.setattr(cli_train.subprocess, "call", lambda *a, **k: pytest.fail("must not launch"))
     code, _, err = run("train", "--data", str(tiny_sample), "--out", str(tmp_path), "--devices", "4")
     assert code == 2
     assert "4 processes need 4 GPUs, this machine has 1" in err

@@ -14,19 +14,20 @@ import torch
 from torch import nn
 
 from conserviz_utils import SPECIES
+from conserviz_utils.course.embeddings import Embeddings
+from conserviz_utils.course.results import ensure_checkpoint, ensure_metrics, save_metrics, train_default_recipe
+from conserviz_utils.course.splits import ensure_splits, load_course_data
 from conserviz_utils.course.steps import (
     check_training_set,
     compare_splits,
-    ensure_splits,
+    fine_tune,
     holdout_split,
     keep_better_stage,
-    load_course_data,
-    save_metrics,
+    make_optimizer,
     score_head,
     train_head,
     training_ids,
 )
-from conserviz_utils.course.embeddings import Embeddings
 from conserviz_utils.errors import DataValidationError
 from conserviz_utils.course.recipe import Recipe
 from conserviz_utils.course.settings import CourseSettings
@@ -145,7 +146,7 @@ def test_the_head_never_watches_the_eval_images(course):
     recipe = Recipe(head_epochs=8, head_patience=2)
 
     first = TinyModel(16)
-    history = train_head(first, embeddings, data, split, recipe, progress=False)
+    history = train_head(first.head, embeddings, data, split.train, recipe, progress=False)
     # Garble the eval images' embeddings and labels: training must not change at all.
     garbled = embeddings.values.copy()
     garbled[data.train_features.index.get_indexer(split.eval)] = 100.0
@@ -153,7 +154,7 @@ def test_the_head_never_watches_the_eval_images(course):
     shuffled.loc[split.eval] = shuffled.loc[split.eval].iloc[::-1].to_numpy()
     other = dataclasses.replace(data, train_labels=shuffled)
     second = TinyModel(16)
-    again = train_head(second, Embeddings(ids=embeddings.ids, values=garbled), other, split, recipe,
+    again = train_head(second.head, Embeddings(ids=embeddings.ids, values=garbled), other, split.train, recipe,
                        progress=False)
     pd.testing.assert_frame_equal(history, again)
     assert torch.equal(first.head.weight, second.head.weight)
@@ -219,8 +220,6 @@ def test_save_metrics_is_atomic_and_leaves_no_temp_file(tmp_path):
 @pytest.fixture(scope="module")
 def trained(sample_dir, tmp_path_factory):
     """The default recipe run once, small: a real model, one short fine-tuning epoch."""
-    from conserviz_utils.course.steps import ensure_checkpoint
-
     out = tmp_path_factory.mktemp("trained")
     settings = CourseSettings(data_dir=sample_dir, output_dir=out / "outputs", epochs=1, head_epochs=3,
                               max_train_images=64, batch_size=16)
@@ -230,8 +229,6 @@ def trained(sample_dir, tmp_path_factory):
 
 
 def test_later_notebooks_rebuild_the_model_and_metrics_when_04_was_skipped(trained):
-    from conserviz_utils.course.steps import ensure_metrics
-
     data, split, settings, checkpoint = trained
     assert checkpoint.is_file()
     assert Recipe.load(settings.artifacts.recipe) == Recipe.from_settings(settings)  # beside the model
@@ -249,7 +246,6 @@ def test_later_notebooks_rebuild_the_model_and_metrics_when_04_was_skipped(train
 
 def test_a_head_only_run_keeps_the_head_and_saves_its_recipe(trained, tmp_path):
     from conserviz_utils.runtime.checkpoint import load_checkpoint
-    from conserviz_utils.course.steps import train_default_recipe
 
     data, split, settings, _ = trained
     head_only = CourseSettings(data_dir=settings.data_dir, output_dir=tmp_path / "outputs", epochs=0,
@@ -273,3 +269,183 @@ def test_python_m_course_still_starts_the_course_runner():
                           check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "conserviz_utils.tools.runner" in done.stdout and "--quick" in done.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# One function per stage: notebook 04, `make course`, the CLI and torchrun all train through them
+# ------------------------------------------------------------------------------------------------
+
+SGD = {"fine_tune_optimizer": "sgd", "fine_tune_lr": 0.02, "fine_tune_weight_decay": 0.0, "fine_tune_patience": 2}
+
+
+@pytest.fixture
+def fit_calls(monkeypatch):
+    """Replaces ``train.fit`` (what ``fine_tune`` calls) by a spy that records its arguments and trains nothing."""
+    calls = []
+
+    def spy(model, train_loader, eval_loader=None, **kwargs):
+        calls.append({"model": model, **kwargs})
+        return pd.DataFrame({"phase": ["eval"], "epoch": [1], "eval_log_loss": [0.5]})
+
+    monkeypatch.setattr("conserviz_utils.train.fit", spy)
+    return calls
+
+
+def assert_trained_with(call, recipe: Recipe, model) -> None:
+    """``fit`` got ``model`` and the recipe's SGD, rate, weight decay, epochs, patience and seed."""
+    optimizer = call["optimizer"]
+    assert call["model"] is model
+    assert type(optimizer) is torch.optim.SGD
+    group = optimizer.param_groups[0]
+    assert group["lr"] == recipe.fine_tune_lr and group["momentum"] == 0.9
+    assert group["weight_decay"] == recipe.fine_tune_weight_decay
+    optimised = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert optimised == {id(p) for p in model.parameters()}
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen: every layer learns
+    assert (call["epochs"], call["early_stopping"], call["seed"]) == (
+        recipe.fine_tune_epochs, recipe.fine_tune_patience, recipe.seed)
+
+
+def test_make_optimizer_builds_what_the_recipe_names_for_each_stage():
+    params = [nn.Parameter(torch.zeros(2))]
+    recipe = Recipe(head_lr=0.5, head_weight_decay=0.25, fine_tune_lr=0.01, fine_tune_weight_decay=0.0)
+    head = make_optimizer(params, recipe, stage="head")
+    assert type(head) is torch.optim.AdamW and head.defaults["lr"] == 0.5 and head.defaults["weight_decay"] == 0.25
+    assert type(make_optimizer(params, recipe)) is torch.optim.AdamW
+    sgd = make_optimizer(params, recipe.replace(fine_tune_optimizer="sgd"))
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["lr"] == 0.01 and sgd.defaults["momentum"] == 0.9
+    with pytest.raises(ValueError, match="unknown stage 'tail'"):
+        make_optimizer(params, recipe, stage="tail")
+
+
+def test_notebook_04_trains_through_the_shared_stages_and_builds_no_optimizer_itself():
+    import nbformat
+
+    from conftest import PROJECT_ROOT
+
+    for path in (PROJECT_ROOT / "notebooks" / "04_train.ipynb", PROJECT_ROOT / "notebooks" / "solutions" / "04_train.ipynb"):
+        code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        assert "fine_tune(model, train_loader, eval_loader, recipe" in code, path
+        assert "train_head(model.head, embeddings, data, train_ids, recipe" in code, path
+        for own_optimizer in ("torch.optim", "AdamW(", "SGD(", "fit(model"):
+            assert own_optimizer not in code, f"{path.name} trains outside fine_tune/train_head: {own_optimizer}"
+
+
+def test_fine_tune_the_notebook_path_uses_the_recipes_optimizer(fit_calls):
+    from conserviz_utils.models import build_model, freeze_backbone
+
+    recipe = Recipe(fine_tune_epochs=2, seed=3, **SGD)
+    model = build_model(recipe.arch, pretrained=False)
+    freeze_backbone(model)  # as stage 1 leaves it
+    fine_tune(model, [], None, recipe, progress=False)
+    assert len(fit_calls) == 1
+    assert_trained_with(fit_calls[0], recipe, model)
+
+
+def test_fine_tune_refuses_a_wrapped_model_that_was_wrapped_while_frozen(fit_calls):
+    from conserviz_utils.models import build_model, freeze_backbone
+
+    model = freeze_backbone(build_model("efficientnet_lite0", pretrained=False))
+    with pytest.raises(ValueError, match="unfreeze.*before wrapping"):
+        fine_tune(FakeDDP(model), [], None, Recipe(**SGD), progress=False)
+    assert fit_calls == []
+
+
+def test_train_head_uses_the_recipes_head_optimizer_batch_and_patience(course, monkeypatch):
+    data, settings = course
+    split = ensure_splits(data, settings)
+    calls = []
+    monkeypatch.setattr("conserviz_utils.course.features.fit_head",
+                        lambda head, *args, **kwargs: calls.append((head, kwargs)) or pd.DataFrame())
+    recipe = Recipe(head_lr=0.02, head_weight_decay=0.5, head_batch_size=8, head_epochs=4, head_patience=2, seed=1)
+    head = TinyModel(16).head
+    train_head(head, fake_embeddings(data), data, split.train, recipe, progress=False)
+    (trained, kwargs), = calls
+    optimizer = kwargs["optimizer"]
+    assert trained is head and type(optimizer) is torch.optim.AdamW
+    assert optimizer.defaults["lr"] == 0.02 and optimizer.defaults["weight_decay"] == 0.5
+    assert (kwargs["epochs"], kwargs["batch_size"], kwargs["early_stopping"], kwargs["seed"]) == (4, 8, 2, 1)
+
+
+def test_make_course_path_fine_tunes_with_the_recipes_optimizer(trained, tmp_path, fit_calls):
+    data, split, settings, _ = trained
+    run = CourseSettings(data_dir=settings.data_dir, output_dir=tmp_path / "outputs", epochs=1, head_epochs=3,
+                         max_train_images=64, batch_size=16)
+    shutil.copytree(settings.artifacts.features, run.artifacts.features)  # the same embeddings: reuse them
+    recipe = Recipe.from_settings(run).replace(**SGD)
+    model, histories = train_default_recipe(data, split, run, progress=False, recipe=recipe)
+    assert len(fit_calls) == 1
+    assert_trained_with(fit_calls[0], recipe, model)
+    assert histories["choice"].stage == "fine-tuned"  # the spy's 0.5 beats the head
+
+
+class FakeDDP(nn.parallel.DistributedDataParallel):
+    """Stands in for DistributedDataParallel (no process group): ``unwrap_model`` sees through it."""
+
+    def __init__(self, module: nn.Module) -> None:
+        nn.Module.__init__(self)
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+def cli_fine_tune(sample, out, monkeypatch) -> int:
+    """``conserviz train --stage finetune`` with SGD in the recipe, from random weights, quietly."""
+    from conserviz_utils.tools import cli
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    return cli.main(["train", "--stage", "finetune", "--data", str(sample), "--out", str(out), "--no-pretrained",
+                     "--quiet", "--fine-tune-optimizer", "sgd", "--fine-tune-lr", "0.02",
+                     "--fine-tune-weight-decay", "0", "--fine-tune-patience", "2", "--device", "cpu"])
+
+
+def test_the_cli_fine_tunes_with_the_recipes_optimizer(sample_dir, tmp_path, fit_calls, monkeypatch):
+    from conserviz_utils.models import ConservizNet
+
+    assert cli_fine_tune(sample_dir, tmp_path / "out", monkeypatch) == 0
+    (call,) = fit_calls
+    assert isinstance(call["model"], ConservizNet)
+    assert_trained_with(call, Recipe.load(tmp_path / "out" / "recipe.json"), call["model"])
+    assert Recipe.load(tmp_path / "out" / "recipe.json").fine_tune_optimizer == "sgd"
+
+
+def test_the_cli_under_torchrun_fine_tunes_the_wrapped_model_through_the_same_stage(
+    sample_dir, tmp_path, fit_calls, monkeypatch
+):
+    from conserviz_utils.runtime import distributed
+
+    wrapped = []
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)  # the branch torchrun's processes take
+    monkeypatch.setattr(distributed, "wrap_model",
+                        lambda model, device, sync_batchnorm=False: wrapped.append(FakeDDP(model)) or wrapped[-1])
+    assert cli_fine_tune(sample_dir, tmp_path / "out", monkeypatch) == 0
+    (call,) = fit_calls
+    assert len(wrapped) == 1 and call["model"] is wrapped[0]  # the wrapped model itself, not a copy
+    assert_trained_with(call, Recipe.load(tmp_path / "out" / "recipe.json"), wrapped[0])
+    assert str(call["device"]) == "cpu"
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_notebook_04s_loader_cell_builds_what_make_loaders_builds(course, augment):
+    import types
+
+    import nbformat
+
+    from conftest import PROJECT_ROOT
+    from conserviz_utils.course.steps import make_loaders
+
+    data, settings = course
+    split = ensure_splits(data, settings)
+    recipe = Recipe(augment=augment, batch_size=8)
+    cells = nbformat.read(PROJECT_ROOT / "notebooks" / "04_train.ipynb", as_version=4).cells
+    cell = next(c for c in cells if c.get("id") == "fine-tune-loaders")
+    namespace = {"model": types.SimpleNamespace(arch=recipe.arch), "data": data, "split": split, "recipe": recipe,
+                 "train_ids": training_ids(split.train, data.train_labels, recipe)}
+    exec(cell.source, namespace)  # the notebook's own code
+    expected = make_loaders(data, split, recipe, namespace["model"])
+    for shown, built in zip((namespace["train_loader"], namespace["eval_loader"]), expected, strict=True):
+        assert shown.batch_size == built.batch_size
+        assert shown.dataset.image_ids == built.dataset.image_ids
+        assert repr(shown.dataset.transform) == repr(built.dataset.transform)
+    assert ("RandomResizedCrop" in repr(namespace["train_set"].transform)) == augment

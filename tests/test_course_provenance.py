@@ -10,7 +10,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from conserviz_utils.course.steps import steps
+import conserviz_utils.course as course
+from conserviz_utils.course import results
 from conserviz_utils.runtime.checkpoint import load_checkpoint
 from conserviz_utils.errors import DataValidationError
 from conserviz_utils.metrics import apply_temperature
@@ -18,6 +19,8 @@ from conserviz_utils.course.provenance import artifact_fingerprint, read_sidecar
 from conserviz_utils.course.recipe import Recipe
 from conserviz_utils.tools.sample import generate_sample
 from conserviz_utils.course.settings import CourseSettings
+from conserviz_utils.course.splits import EVAL_SHARE
+from conserviz_utils.course.steps import StageChoice
 from conserviz_utils.split import save_splits, split_by_site
 from conserviz_utils.submission import make_submission
 
@@ -70,13 +73,13 @@ def outputs(trained, tmp_path):
 def trainings(monkeypatch):
     """Counts the trainings of the default recipe (each still runs for real)."""
     calls = []
-    real = course.train_default_recipe
+    real = results.train_default_recipe
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("recipe"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(course, "train_default_recipe", counting)
+    monkeypatch.setattr(results, "train_default_recipe", counting)  # where ensure_checkpoint finds it
     return calls
 
 
@@ -138,7 +141,7 @@ def test_two_datasets_sharing_ids_do_not_reuse_splits(outputs, other_sample):
     split = course.ensure_splits(second, switched, verbose=False)
     sites = second.train_features["site"]
     assert set(sites[split.train]).isdisjoint(sites[split.eval])  # the old split put sites on both sides
-    expected = split_by_site(second.train_features, second.train_labels, test_size=course.EVAL_SHARE, seed=0)
+    expected = split_by_site(second.train_features, second.train_labels, test_size=EVAL_SHARE, seed=0)
     assert split.eval.sort_values().equals(expected.eval.sort_values())
 
 
@@ -197,7 +200,7 @@ def test_the_fields_the_settings_decide_are_the_ones_compared():
     changed = CourseSettings(arch="mobilenet_v3_large", epochs=3, head_epochs=7, batch_size=8, seed=4,
                              max_train_images=100)
     defaults, from_settings = Recipe().to_dict(), Recipe.from_settings(changed).to_dict()
-    assert {k for k in defaults if defaults[k] != from_settings[k]} == set(course.SETTINGS_RECIPE_FIELDS)
+    assert {k for k in defaults if defaults[k] != from_settings[k]} == set(results.SETTINGS_RECIPE_FIELDS)
 
 
 @pytest.mark.parametrize("content", ["", "{\"log_loss\": 1.2", "[1, 2]"])
@@ -220,7 +223,7 @@ def test_metrics_of_another_checkpoint_are_computed_again(outputs, capsys):
     model, _ = load_checkpoint(outputs.artifacts.checkpoint)
     for parameter in model.head.parameters():
         parameter.data.mul_(-1.0)  # another model for the same data and settings (as a rerun of 04 gives)
-    choice = course.StageChoice("head-only", 1.0, None)
+    choice = StageChoice("head-only", 1.0, None)
     course.save_course_checkpoint(model, choice, data, split, outputs, Recipe.from_settings(outputs))
     course.ensure_metrics(data, split, outputs)
     said = capsys.readouterr().out

@@ -12,9 +12,9 @@ from conserviz_utils import SPECIES, DataValidationError
 from conserviz_utils.climb.cv import cross_validate, random_folds
 from conserviz_utils.course.embeddings import Embeddings
 from conserviz_utils.climb.ensemble import compare_blends
-from conserviz_utils.metrics import apply_temperature, log_loss
+from conserviz_utils.metrics import log_loss
 from conserviz_utils.course.recipe import Recipe
-from conserviz_utils.split import site_folds
+from conserviz_utils.climb.folds import site_folds
 
 DIM = 8
 RECIPE = Recipe(head_epochs=12, head_patience=3, head_batch_size=32, head_lr=1e-2, head_holdout=0.2)
@@ -92,13 +92,6 @@ def test_scores_per_fold_and_overall(data, site_cv):
     assert site_cv.fold_std == pytest.approx(scores["log_loss"].std())
     summary = site_cv.summary()
     assert summary["folds"] == 4 and summary["heads_per_fold"] == 1
-
-
-def test_oof_logits_are_the_heads_raw_outputs(data, site_cv):
-    embeddings = data[2]
-    logits = site_cv.oof_logits(embeddings)
-    assert logits.index.equals(site_cv.folds.index)
-    np.testing.assert_allclose(apply_temperature(logits, 1.0), site_cv.predict(embeddings).oof_probs(), atol=1e-12)
 
 
 def test_the_template_head_is_never_trained(data):

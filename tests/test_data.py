@@ -14,10 +14,8 @@ import torchvision.transforms as legacy_transforms
 from PIL import Image
 from torchvision.transforms import v2
 
-from conserviz_utils import SPECIES, data, sample
+from conserviz_utils import IMAGENET_MEAN, IMAGENET_STD, SPECIES
 from conserviz_utils.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     CompetitionData,
     ImagesDataset,
     collate_images,
@@ -25,10 +23,12 @@ from conserviz_utils.data import (
     default_transform,
     load_competition,
     make_loader,
-    resolve_data_dir,
     train_transform,
 )
 from conserviz_utils.errors import DataValidationError, ImageLoadError
+from conserviz_utils.files import competition as competition_module
+from conserviz_utils.files.competition import SAMPLE_MARKER, resolve_data_dir
+from conserviz_utils.tools import sample
 
 # --- a tiny dataset in the competition layout, written by hand (not by the generator) ------
 
@@ -169,7 +169,7 @@ def test_generated_sample_loads_and_validates(sample_dir):
 def test_sample_marker_name_matches_the_generator():
     from conserviz_utils.tools.sample import MARKER_NAME
 
-    assert data.SAMPLE_MARKER == MARKER_NAME
+    assert SAMPLE_MARKER == MARKER_NAME
 
 
 def test_real_competition_csvs_reproduce_the_known_facts(shared_dir):
@@ -497,7 +497,7 @@ def project(tmp_path, monkeypatch):
     """An empty project root, with CONSERVIZ_DATA unset."""
     root = tmp_path / "project"
     (root / "data").mkdir(parents=True)
-    monkeypatch.setattr(data, "_project_root", lambda: root)
+    monkeypatch.setattr(competition_module, "project_root", lambda: root)
     monkeypatch.delenv("CONSERVIZ_DATA", raising=False)
     return root
 
@@ -512,7 +512,7 @@ def fake_generator(monkeypatch):
                       "image_scale": image_scale, "progress": progress})
         write_competition(Path(out), n_train=8, n_test=2, images=False)
         marker = {"generator": sample.GENERATOR_NAME, "generator_version": sample.GENERATOR_VERSION}
-        (Path(out) / data.SAMPLE_MARKER).write_text(json.dumps(marker))
+        (Path(out) / SAMPLE_MARKER).write_text(json.dumps(marker))
 
     import conserviz_utils.tools.sample
 
@@ -567,16 +567,16 @@ def test_resolve_rebuilds_an_interrupted_sample(project, fake_generator):
     write_competition(partial, images=False)  # CSVs but no marker: the build was cut short
     resolve_data_dir(verbose=False)
     assert len(fake_generator) == 1
-    assert (partial / data.SAMPLE_MARKER).is_file()
+    assert (partial / SAMPLE_MARKER).is_file()
 
 
 def test_project_root_is_the_checkout():
-    assert (data._project_root() / "conserviz_utils" / "data.py").is_file()
+    assert (competition_module.project_root() / "conserviz_utils" / "data.py").is_file()
 
 
 def test_resolve_rebuilds_a_sample_made_by_an_older_generator(project, fake_generator):
     resolve_data_dir(quick=True, verbose=False)
-    marker_path = resolve_data_dir(quick=True, verbose=False) / data.SAMPLE_MARKER
+    marker_path = resolve_data_dir(quick=True, verbose=False) / SAMPLE_MARKER
     marker = json.loads(marker_path.read_text())
     marker["generator_version"] = sample.GENERATOR_VERSION - 1
     marker_path.write_text(json.dumps(marker))

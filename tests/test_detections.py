@@ -79,7 +79,7 @@ GOOD = [
 def test_reads_a_valid_file(tmp_path):
     detections = read_detections(write_json(tmp_path, document(GOOD)))
     assert detections.format_version == "1.4"
-    assert detections.animal_category == "1"
+    assert detections.animal_categories() == ["1"]  # "animal" in MegaDetector's files
     assert list(detections.files) == [entry["file"] for entry in GOOD]
     assert list(detections.failures.index) == ["train_features/ZJ000002.jpg"]
     assert list(detections.boxes.columns) == ["file", "category", "conf", *BOX_COLUMNS]
@@ -361,3 +361,48 @@ def test_no_detections_keeps_every_image_whole(tmp_path, images):
     assert (boxes["source"] == "not in the detections").all()
     crops = write_crops(images, boxes, tmp_path / "crops", progress=False)
     assert not crops["cropped"].any() and crops["path"].equals(images["path"])
+
+
+# --- issue 20: content-keyed crops, categories that mean animal, deep JSON ------------------------
+
+
+def test_a_replaced_image_of_the_same_size_and_mtime_gets_a_new_crop(tmp_path, images):
+    boxes = best_animal_boxes(read_detections(write_json(tmp_path, document(GOOD)), images))
+    first = write_crops(images, boxes, tmp_path / "crops", progress=False).loc["ZJ000000", "path"]
+    source = images.loc["ZJ000000", "path"]
+    stat = os.stat(source)
+    other = bytearray(open(images.loc["ZJ000001", "path"], "rb").read())
+    other = bytes(other[: stat.st_size]) + b"\0" * max(0, stat.st_size - len(other))
+    with open(source, "wb") as handle:  # what `cp -p` or `rsync -t` leave: same size, old mtime
+        handle.write(other)
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (os.stat(source).st_size, os.stat(source).st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    second = write_crops(images, boxes, tmp_path / "crops", progress=False).loc["ZJ000000", "path"]
+    assert second != first
+
+
+def test_only_categories_named_animal_are_cropped(tmp_path, images):
+    people = document(GOOD)
+    people["detection_categories"] = {"1": "person", "2": "animal"}
+    detections = read_detections(write_json(tmp_path, people), images)
+    assert detections.animal_categories() == ["2"]
+    boxes = best_animal_boxes(detections)
+    # ZJ000000's category-1 boxes are people now; its only category-2 box (0.99) is the animal.
+    assert boxes.loc["ZJ000000", "conf"] == 0.99
+    assert boxes.loc["ZJ000001", "source"] == "nothing above threshold"  # a person, not an animal
+    assert detections.summary()["with_animal"] == 1
+    assert best_animal_boxes(detections, animal_names=("person",)).loc["ZJ000000", "conf"] == 0.9
+
+
+def test_a_file_without_an_animal_category_crops_nothing(tmp_path, images):
+    vehicles = document(GOOD)
+    vehicles["detection_categories"] = {"1": "person", "2": "vehicle"}
+    detections = read_detections(write_json(tmp_path, vehicles), images)
+    assert detections.animal_categories() == []
+    assert best_animal_boxes(detections)["conf"].isna().all()
+
+
+def test_deeply_nested_json_is_a_data_validation_error(tmp_path):
+    path = write_json(tmp_path, "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataValidationError, match="nested too deeply"):
+        read_detections(path)

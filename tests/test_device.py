@@ -1,4 +1,4 @@
-"""Devices, precision chosen by measurement (fake clock, the decisions file) and maybe_compile."""
+"""Devices, and the precision chosen by measurement (fake clock, the decisions file)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,16 @@ import pytest
 import torch
 from torch import nn
 
+from conserviz_utils.runtime import cpu as cpu_module
 from conserviz_utils.runtime import device as device_module
-from conserviz_utils.runtime.device import (
-    PrecisionChoice,
-    choose_precision,
+from conserviz_utils.runtime.cpu import (
     cpu_bf16_support,
-    cpu_supports_bf16,
     decide_precision,
-    maybe_compile,
-    pick_device,
-    pick_precision,
     precision_cache_path,
     read_precision_cache,
     time_precisions,
 )
+from conserviz_utils.runtime.device import PrecisionChoice, choose_precision, pick_device
 from conserviz_utils.errors import TrainingError
 
 
@@ -111,20 +107,20 @@ def test_explicit_precisions_win_and_bad_ones_are_refused():
         choice = choose_precision(precision, "cpu", model, 4, timer=clock)
         assert (choice.precision, choice.source) == (precision, "explicit")
     assert clock.now == 0.0  # nothing was measured
-    assert pick_precision("bf16", "cpu") == "bf16"  # asked for explicitly: allowed, if slow
+    assert choose_precision("bf16", "cpu").precision == "bf16"  # asked for explicitly: allowed, if slow
     with pytest.raises(TrainingError, match="needs a CUDA GPU"):
-        pick_precision("fp16", "cpu")
+        choose_precision("fp16", "cpu")
     with pytest.raises(ValueError, match="precision must be one of"):
-        pick_precision("half", "cpu")
+        choose_precision("half", "cpu")
     with pytest.raises(ValueError, match="purpose must be one of"):
-        pick_precision("auto", "cpu", purpose="eval")
+        choose_precision("auto", "cpu", purpose="eval")
 
 
 def test_without_a_model_auto_on_a_cpu_is_fp32_by_rule():
     choice = choose_precision("auto", "cpu")
     assert (choice.precision, choice.source) == ("fp32", "rule")
     assert "no train measurement" in choice.reason
-    assert pick_precision("auto", "cpu", purpose="inference") == "fp32"
+    assert choose_precision("auto", "cpu", purpose="inference").precision == "fp32"
     assert not precision_cache_path().exists()  # nothing measured, nothing written
 
 
@@ -146,10 +142,8 @@ def test_cpu_bf16_detection_reads_the_cpu_flags(monkeypatch):
         frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}): "amx",
     }
     for flags, expected in cases.items():
-        monkeypatch.setattr(device_module, "_cpu_flags", lambda flags=flags: flags)
+        monkeypatch.setattr(cpu_module, "_cpu_flags", lambda flags=flags: flags)
         assert detect() == expected
-        monkeypatch.setattr(device_module, "cpu_bf16_support", lambda expected=expected: expected)
-        assert cpu_supports_bf16() is (expected != "none")
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     assert detect() == "none"  # oneDNN cannot use the instructions: emulated
 
@@ -299,7 +293,7 @@ def test_a_changed_machine_or_workload_is_measured_again(monkeypatch, change):
     if change == "torch version":
         monkeypatch.setattr(torch, "__version__", "9.9.9")
     elif change == "CPU model":
-        monkeypatch.setattr(device_module, "cpu_identity", lambda: "Some Other CPU, bf16 amx")
+        monkeypatch.setattr(cpu_module, "cpu_identity", lambda: "Some Other CPU, bf16 amx")
     elif change == "batch size":
         batch_size = 8
     elif change == "architecture":
@@ -369,59 +363,3 @@ def test_a_real_measurement_on_a_tiny_conv_model():
     assert choice.precision == decide_precision(choice.fp32_seconds, choice.bf16_seconds)
     assert choice.probe_seconds > 0
     assert choose_precision("auto", "cpu", model, 4, "inference", input_size=32).source == "cached"
-
-
-# ------------------------------------------------------------------------------------------------
-# maybe_compile
-# ------------------------------------------------------------------------------------------------
-
-
-def test_maybe_compile_stays_eager_for_quick_and_short_runs(monkeypatch):
-    def must_not_compile(*args, **kwargs):
-        raise AssertionError("torch.compile was called")
-
-    monkeypatch.setattr(torch, "compile", must_not_compile)
-    model = nn.Linear(4, 2)
-    x = torch.randn(3, 4)
-    for options, why in (({"long_run": True, "quick": True}, "quick mode"), ({"long_run": False}, "too short")):
-        forward = maybe_compile(model, "inference", **options)
-        assert not forward.compiled and why in forward.note
-        assert torch.equal(forward(x), model(x))
-
-
-def test_maybe_compile_falls_back_to_eager_once_when_compiling_fails(monkeypatch):
-    calls = []
-
-    def broken_compiled(x):
-        calls.append(x.shape)
-        raise RuntimeError("InductorError: no working C++ compiler found\nlong details")
-
-    monkeypatch.setattr(torch, "compile", lambda model: broken_compiled)
-    model = nn.Linear(4, 2)
-    forward = maybe_compile(model, "inference", long_run=True)
-    assert forward.compiled and forward.note is None
-    x = torch.randn(3, 4)
-    assert torch.equal(forward(x), model(x))  # the first call failed, eager answered
-    assert not forward.compiled
-    assert forward.pop_note() == (
-        "torch.compile failed (RuntimeError: InductorError: no working C++ compiler found); running eagerly"
-    )
-    assert forward.pop_note() is None  # said once
-    forward(x)
-    assert len(calls) == 1  # never tried again
-
-
-def test_maybe_compile_runs_odd_shaped_batches_eagerly(monkeypatch):
-    compiled_shapes = []
-    model = nn.Linear(4, 2)
-
-    def fake_compiled(x):
-        compiled_shapes.append(tuple(x.shape))
-        return model(x)
-
-    monkeypatch.setattr(torch, "compile", lambda model: fake_compiled)
-    forward = maybe_compile(model, "train", long_run=True)
-    for rows in (8, 8, 3, 8):  # an epoch's short last batch would cost a second compile
-        forward(torch.randn(rows, 4))
-    assert compiled_shapes == [(8, 4), (8, 4), (8, 4)]
-    assert forward.compiled and forward.note is None

@@ -17,13 +17,8 @@ from torch import nn
 
 from conserviz_utils import SPECIES, ConservizError, DataValidationError, ImageLoadError
 from conserviz_utils.data import default_transform, load_competition
-from conserviz_utils.course.embeddings import (
-    Embeddings,
-    compute_embeddings,
-    load_embeddings,
-    prune_cache,
-    remove_stale_partials,
-)
+from conserviz_utils.course.embedding_cache import prune_cache, remove_stale_partials
+from conserviz_utils.course.embeddings import Embeddings, compute_embeddings, load_embeddings
 from conserviz_utils.files.images import open_image
 
 N_CLASSES = len(SPECIES)

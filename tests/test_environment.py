@@ -1,4 +1,9 @@
-"""pyproject.toml is the one source of truth; environment.yml, Makefile and CI must agree with it."""
+"""pyproject.toml is the one source of truth; environment.yml, Makefile and CI must agree with it.
+
+The split is the same everywhere: the course (``dependencies``: ``make course``, ``make lab``,
+environment.yml) and two extras, ``test`` and ``docs``, that only ``make test`` and ``make site``
+add (``tests/test_no_make.py`` checks the make side).
+"""
 
 from __future__ import annotations
 
@@ -20,10 +25,15 @@ def _parse(requirement: str) -> tuple[str, str]:
     return name, (match.group(2) or "").replace(" ", "")
 
 
-def _pyproject_requirements() -> dict[str, str]:
-    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
-    requirements = project["dependencies"] + project["optional-dependencies"]["test"]
-    return dict(_parse(r) for r in requirements)
+def _project() -> dict:
+    return tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _pyproject_requirements(*extras: str) -> dict[str, str]:
+    """The course's requirements, or those of the named extras."""
+    project = _project()
+    requirements = [r for extra in extras for r in project["optional-dependencies"][extra]]
+    return dict(_parse(r) for r in (requirements if extras else project["dependencies"]))
 
 
 def _environment_requirements() -> dict[str, str]:
@@ -43,13 +53,30 @@ def _environment_requirements() -> dict[str, str]:
     return found
 
 
-def test_environment_yml_lists_exactly_the_pyproject_requirements():
+def test_environment_yml_lists_exactly_the_course_requirements():
     assert _environment_requirements() == _pyproject_requirements()
 
 
+def test_environment_yml_adds_the_extras_as_make_test_does():
+    extras = set(_project()["optional-dependencies"])
+    assert extras == {"test", "docs"}
+    assert not set(_environment_requirements()) & set(_pyproject_requirements(*extras))
+    text = (PROJECT_ROOT / "environment.yml").read_text()
+    assert 'pip install -e ".[test,docs]"' in text
+    assert '-e ".[test,docs]"' in (PROJECT_ROOT / "Makefile").read_text()
+
+
 def test_requirements_are_ranges_not_pins():
-    pinned = [name for name, spec in _pyproject_requirements().items() if spec.startswith("==")]
+    requirements = {**_pyproject_requirements(), **_pyproject_requirements("test", "docs")}
+    pinned = [name for name, spec in requirements.items() if spec.startswith("==")]
     assert not pinned, f"pinned requirements break installs: {pinned}"
+
+
+def test_the_course_needs_no_test_or_website_package():
+    course = set(_pyproject_requirements())
+    for extra in ("test", "docs"):
+        shared = course & set(_pyproject_requirements(extra))
+        assert not shared, f"{extra} packages in the course install: {shared}"
 
 
 def test_ci_and_readme_use_the_same_test_command():

@@ -15,7 +15,8 @@ from conserviz_utils.data import ImagesDataset, default_transform, load_competit
 from conserviz_utils.course.embeddings import compute_embeddings
 from conserviz_utils.course.features import fit_head, predict_from_embeddings, predict_logits_from_embeddings
 from conserviz_utils.metrics import log_loss
-from conserviz_utils.train import HISTORY_COLUMNS, predict
+from conserviz_utils.callbacks import HISTORY_COLUMNS
+from conserviz_utils.inference import predict
 
 N_CLASSES = len(SPECIES)
 SMALL = 32  # image side for the tests: the behaviour does not depend on the size

@@ -8,13 +8,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import confusion_matrix
 
 from conserviz_utils import SPECIES, DataValidationError
+from conserviz_utils.palette import HATCHES, MIN_FONT_SIZE, PALETTE, stretch_for_display
 from conserviz_utils.plotting import (
-    expected_calibration_error,
     image_sizes,
     plot_class_distribution,
     plot_confusion_matrix,
@@ -245,7 +246,15 @@ def test_reliability_table_and_ece_on_a_known_case():
     assert table.loc[9, "accuracy"] == 0.5 and table.loc[6, "accuracy"] == 0.5
     assert table.loc[9, "confidence"] == pytest.approx(0.9)
     # ECE = ½·|0.5 − 0.6| + ½·|0.5 − 0.9| = 0.25.
-    assert expected_calibration_error(labels, probs) == pytest.approx(0.25)
+    assert ece(labels, probs) == pytest.approx(0.25)
+
+
+def ece(labels, probs, n_bins: int = 10) -> float:
+    """The expected calibration error: the count-weighted mean |accuracy − confidence| of bins."""
+    table = reliability_table(labels, probs, n_bins)
+    filled = table[table["count"] > 0]
+    gaps = (filled["accuracy"] - filled["confidence"]).abs()
+    return float((gaps * filled["count"]).sum() / filled["count"].sum())
 
 
 def test_reliability_diagram_before_and_after_calibration(dataset, probs):
@@ -255,8 +264,7 @@ def test_reliability_diagram_before_and_after_calibration(dataset, probs):
     fig = plot_reliability_diagram(labels, probs, calibrated_probs=softened)
     main, counts = fig.axes
     assert len(main.lines) == 3  # diagonal, before, after
-    before = expected_calibration_error(labels, probs)
-    after = expected_calibration_error(labels, softened)
+    before, after = ece(labels, probs), ece(labels, softened)
     assert f"ECE {before:.3f} → {after:.3f}" in main.get_title()
     assert sum(bar.get_height() for bar in counts.patches) == pytest.approx(2.0)
 
@@ -278,3 +286,124 @@ def test_plots_take_y_true_first_and_say_so_when_swapped(dataset):
         with pytest.raises(DataValidationError, match="look swapped") as caught:
             swapped()
         assert "(labels, probs" in caught.value.fix
+
+
+# --- figures for a room: colour-blind-safe, readable from the back, nothing covered or cut -------
+
+
+@pytest.fixture()
+def every_figure(dataset, probs):
+    """One figure of each plotting function, drawn as the notebooks draw them."""
+    features, labels = dataset
+    test = pd.DataFrame({"site": ["S0100"] * 5 + ["S0101"]}, index=[f"T{k}" for k in range(6)])
+    sets = {"random · train": labels.iloc[:16], "random · eval": labels.iloc[16:],
+            "by site · train": labels.iloc[8:], "by site · eval": labels.iloc[:8]}
+    return {
+        "species grid": show_species_grid(features, labels),
+        "class distribution": plot_class_distribution(labels),
+        "split chart": plot_class_distribution(sets),
+        "images per site": plot_images_per_site(features, test),
+        "image sizes": plot_image_sizes(features),
+        "loss curve": plot_loss_curve(make_history(), window=10),
+        "confusion matrix": plot_confusion_matrix(labels, probs),
+        "prediction distribution": plot_prediction_distribution(probs, labels),
+        "misclassified": plot_misclassified(labels, probs, features, n=8),
+        "reliability": plot_reliability_diagram(labels, probs, calibrated_probs=probs.pow(0.5)),
+    }
+
+
+def visible_texts(fig: Figure) -> list:
+    """Every visible, non-empty text artist of the figure (titles, labels, ticks, legends)."""
+    fig.canvas.draw()
+    texts = [fig._suptitle, *fig.texts]
+    for ax in fig.axes:
+        texts += [ax.title, ax._left_title, ax._right_title, *ax.texts]
+        if ax.axison:  # an axis turned off draws no labels or ticks
+            texts += [ax.xaxis.label, ax.yaxis.label]
+            for axis in (ax.xaxis, ax.yaxis):
+                low, high = sorted(axis.get_view_interval())
+                texts += [tick.label1 for tick in axis.get_major_ticks()
+                          if low - 1e-9 <= tick.get_loc() <= high + 1e-9]
+        if ax.get_legend() is not None:
+            texts += ax.get_legend().get_texts()
+    return [t for t in texts if t is not None and t.get_visible() and t.get_text().strip()]
+
+
+def test_every_text_is_at_least_10_points(every_figure):
+    for name, fig in every_figure.items():
+        small = {t.get_text(): t.get_fontsize() for t in visible_texts(fig)
+                 if t.get_fontsize() < MIN_FONT_SIZE}
+        assert not small, f"{name}: {small}"
+
+
+def test_no_text_is_cut_by_the_figure_edge(every_figure):
+    for name, fig in every_figure.items():
+        edge = fig.bbox
+        for text in visible_texts(fig):
+            box = text.get_window_extent()
+            inside = (box.x0 >= edge.x0 - 1 and box.y0 >= edge.y0 - 1
+                      and box.x1 <= edge.x1 + 1 and box.y1 <= edge.y1 + 1)
+            assert inside, f"{name}: {text.get_text()!r} is cut"
+
+
+def test_the_split_chart_legend_covers_no_bar_and_colours_never_stand_alone(dataset):
+    _, labels = dataset
+    sets = {"random · train": labels.iloc[:16], "random · eval": labels.iloc[16:],
+            "by site · train": labels.iloc[8:], "by site · eval": labels.iloc[:8]}
+    fig = plot_class_distribution(sets)
+    (ax,) = fig.axes
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert not legend.overlaps(ax.get_window_extent())  # beside the plot area, not on it
+    assert not any(legend.overlaps(bar.get_window_extent()) for bar in ax.patches)
+    # Each label set has its own palette colour AND its own hatch: no red/green pair, and the
+    # sets stay apart in greyscale.
+    styles = {(mcolors.to_hex(bar.get_facecolor()).upper(), bar.get_hatch() or "")
+              for bar in ax.patches}
+    assert len(styles) == len(sets)
+    assert {colour for colour, _ in styles} == {c.upper() for c in PALETTE[:4]}
+    assert {hatch for _, hatch in styles} == set(HATCHES[:4])
+
+
+def test_line_and_bar_colours_come_from_the_palette(every_figure):
+    allowed = {c.upper() for c in PALETTE} | {"#808080", "#000000", "#FFFFFF"}  # greys: guides
+    for name in ("class distribution", "images per site", "image sizes", "loss curve",
+                 "prediction distribution", "reliability"):
+        fig = every_figure[name]
+        for ax in fig.axes:
+            used = {mcolors.to_hex(line.get_color()).upper() for line in ax.lines}
+            used |= {mcolors.to_hex(bar.get_facecolor()).upper()
+                     for container in ax.containers for bar in container}
+            assert used <= allowed, f"{name}: {used - allowed}"
+
+
+def test_a_dark_frame_is_brightened_for_display_but_never_changed(tmp_path, dataset):
+    night = np.random.default_rng(0).integers(10, 60, (27, 48, 3), dtype=np.uint8)
+    kept = night.copy()
+    shown = stretch_for_display(night)
+    np.testing.assert_array_equal(night, kept)  # the array passed in is untouched
+    assert np.median(shown) > np.median(night) + 40 and shown.max() == 255
+    day = np.random.default_rng(1).integers(60, 250, (27, 48, 3), dtype=np.uint8)
+    assert stretch_for_display(day) is day  # a bright frame is shown as it is
+    grey = np.full((27, 48, 3), 30, np.uint8)
+    np.testing.assert_array_equal(stretch_for_display(grey), grey)  # nothing to stretch
+
+    # In a gallery: the dark file is shown brighter, and the file itself stays as it was.
+    features, labels = dataset
+    path = tmp_path / "dark.jpg"
+    Image.fromarray(night).save(path, quality=95)
+    on_disk = path.read_bytes()
+    dark = features.copy()
+    dark["path"] = str(path)
+    fig = show_species_grid(dark, labels)
+    drawn = np.asarray(fig.axes[0].images[0].get_array())
+    stored = np.asarray(Image.open(path).convert("RGB"))
+    assert np.median(drawn) > np.median(stored) + 40
+    assert path.read_bytes() == on_disk
+
+
+def test_plotting_leaves_the_global_style_alone(dataset):
+    _, labels = dataset
+    before = dict(plt.rcParams)
+    plot_class_distribution(labels)
+    assert dict(plt.rcParams) == before

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conserviz_utils.course.steps import steps
+import conserviz_utils.course as course
 from conserviz_utils.runtime.checkpoint import load_checkpoint
 from conserviz_utils.course.predictions import (
     cached_logits,
@@ -22,7 +22,8 @@ from conserviz_utils.course.predictions import (
 )
 from conserviz_utils.course.provenance import read_sidecar
 from conserviz_utils.course.settings import CourseSettings
-from conserviz_utils.train import predict_logits
+from conserviz_utils.course.steps import embedding_transform
+from conserviz_utils.inference import predict_logits
 
 FAST = {"epochs": 0, "head_epochs": 3, "batch_size": 16}
 
@@ -95,7 +96,7 @@ def test_eval_logits_of_a_head_only_model_reuse_the_embeddings_of_notebook_04(ru
     # The same numbers as the whole model over the images (the pass they save), in the precision
     # the embeddings were computed in (measured on a CPU: bf16 where it is faster).
     entry = find_cached_embeddings(model, data.train_features, split.eval, cache_dir=settings.artifacts.features,
-                                   transform=course.embedding_transform(model.arch))
+                                   transform=embedding_transform(model.arch))
     precision = json.loads(entry.path.with_suffix(".json").read_text())["precision"]
     images = predict_logits(model, course.prediction_loader(model, data.train_features.loc[split.eval], settings),
                             precision=precision, progress=False)
@@ -163,7 +164,7 @@ def test_a_changed_test_image_is_predicted_again(run, tmp_path, capsys):
 
 def test_find_cached_embeddings_needs_the_same_images_and_backbone(run, tmp_path):
     settings, data, split, model, _ = run
-    transform = course.embedding_transform(model.arch)
+    transform = embedding_transform(model.arch)
     found = find_cached_embeddings(model, data.train_features, split.eval, cache_dir=settings.artifacts.features,
                                    transform=transform)
     assert found is not None and list(found.ids) == list(split.eval)

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from conserviz_utils.course.steps import provenance
+from conserviz_utils.course import provenance
 from conserviz_utils.data import load_competition
 from conserviz_utils.course.provenance import (
     FileDigests,
@@ -212,3 +212,34 @@ def test_settings_may_be_a_dataclass_and_paths_are_stored_as_text(tmp_path):
     write_sidecar(artifact, record)
     assert check_matches(artifact, make_provenance(settings=Recipe()))[0]
     assert not check_matches(artifact, make_provenance(settings=Recipe(lr=1e-2)))[0]
+
+
+def test_check_matches_compares_only_what_the_reader_needs(tmp_path):
+    artifact = tmp_path / "metrics.json"
+    artifact.write_text("{}")
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"one")
+    write_sidecar(artifact, make_provenance(settings={"split": "a", "lr": 1}, inputs={"model.pt": model}))
+    same_model = make_provenance(settings={"split": "b"}, inputs={"model.pt": model})
+    assert check_matches(artifact, same_model)[0] is False
+    assert check_matches(artifact, same_model, ignore=("settings",)) == (True, "")
+    assert check_matches(artifact, make_provenance(settings={"split": "a", "lr": 2}, inputs={"model.pt": model}),
+                         settings_keys=("split",)) == (True, "")
+    model.write_bytes(b"two")  # another model: the record no longer belongs to it
+    ok, reason = check_matches(artifact, make_provenance(inputs={"model.pt": model}), ignore=("data", "settings"))
+    assert not ok and reason == "metrics.json was made from another model.pt"
+    with pytest.raises(ValueError, match="ignore takes parts"):
+        check_matches(artifact, same_model, ignore=("versions",))
+
+
+def test_a_record_without_a_digest_survives_the_file_being_rewritten(tmp_path):
+    from conserviz_utils.course.provenance import remove_with_sidecar
+
+    state = tmp_path / "fine_tune_resume.pt"
+    expected = make_provenance(settings={"recipe": {"seed": 0}})
+    write_sidecar(state, expected, digest=False)
+    state.write_bytes(b"epoch 1")
+    state.write_bytes(b"epoch 2")
+    assert check_matches(state, expected) == (True, "")
+    assert remove_with_sidecar(state) is True
+    assert not state.exists() and not sidecar_path(state).exists()

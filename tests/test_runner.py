@@ -14,15 +14,14 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
+from conserviz_utils.tools.course_progress import ProgressReporter, markdown_headings
+from conserviz_utils.tools.kernels import likely_cause, stderr_tail
 from conserviz_utils.tools.runner import (
     CORE_NOTEBOOKS,
     NotebookRunError,
-    ProgressReporter,
     clear_outputs,
     course_notebooks,
-    likely_cause,
     main,
-    markdown_headings,
     run_notebooks,
 )
 
@@ -82,6 +81,34 @@ def test_the_likely_cause_follows_the_exit_status_memory_and_disk(tmp_path):
     assert "SIGSEGV" in cause
     cause, _ = likely_cause(3)
     assert "status 3" in cause
+
+
+def test_the_cause_is_matched_to_the_exit_status_not_always_memory(tmp_path):
+    # Status 1: an error of the kernel process itself, quoted from its stderr; memory is not blamed.
+    cause, fix = likely_cause(1, peak_memory=1e9, total_memory=16e9, disk_free=50e9,
+                              stderr="ImportError: no module named zmq")
+    assert "status 1" in cause and "an error in the kernel process" in cause
+    assert '"ImportError: no module named zmq"' in cause and "stderr" in fix
+    assert "memory" not in cause + fix and "BATCH_SIZE" not in fix
+    # SIGKILL from Python (-9) or from a shell (137): out of memory, most likely.
+    for status in (-9, 137):
+        cause, fix = likely_cause(status, stderr="")
+        assert "SIGKILL" in cause and "out of memory?" in cause and "BATCH_SIZE" in fix
+    # Other signals are named, with what the system calls them; other statuses are just said.
+    cause, fix = likely_cause(-11, stderr="Fatal Python error: Segmentation fault")
+    assert "SIGSEGV (Segmentation fault)" in cause and "Fatal Python error" in cause
+    assert "memory" not in cause + fix
+    assert "SIGABRT" in likely_cause(128 + signal.SIGABRT)[0]
+    cause, fix = likely_cause(3)
+    assert "status 3" in cause and "an error in the kernel" not in cause and "BATCH_SIZE" not in fix
+
+
+def test_the_stderr_tail_keeps_the_last_lines(tmp_path):
+    path = tmp_path / "kernel.stderr"
+    path.write_text("Traceback (most recent call last):\n\n  File x\nValueError: boom\n")
+    assert stderr_tail(path, lines=2) == "File x / ValueError: boom"
+    assert stderr_tail(path, lines=2, width=10) == "…ror: boom"
+    assert stderr_tail(tmp_path / "missing") == ""
 
 
 def test_progress_bars_are_throttled_and_only_shown_for_long_cells():
@@ -188,6 +215,23 @@ def test_a_killed_kernel_ends_the_run_within_seconds_naming_notebook_cell_and_ca
     assert "Traceback" not in result.stderr and "Parent appears to have exited" not in result.stderr
     executed = nbformat.read(outputs / "executed" / "dies.ipynb", as_version=4)
     assert executed.cells[1].outputs[-1]["ename"] == "DeadKernelError"
+
+
+def test_a_kernel_that_exits_with_status_1_is_named_with_its_stderr_not_memory(tmp_path):
+    write(tmp_path, "exits", new_code_cell("print('fine')"), new_code_cell(
+        "import os, sys\nsys.__stderr__.write('RuntimeError: the kernel broke by itself\\n')\n"
+        "sys.__stderr__.flush()\nos._exit(1)"))
+    started = time.monotonic()
+    with pytest.raises(NotebookRunError) as excinfo:
+        run_notebooks(tmp_path, tmp_path / "out" / "executed", ["exits"], write=lambda line: None)
+    assert time.monotonic() - started < 60
+    message = str(excinfo.value)
+    assert "the kernel died while running cell 2" in message and "status 1" in message
+    assert "an error in the kernel process" in message and "the kernel broke by itself" in message
+    assert "memory" not in message and excinfo.value.cell_index == 1
+    executed = nbformat.read(tmp_path / "out" / "executed" / "exits.ipynb", as_version=4)
+    assert executed.cells[1].outputs[-1]["ename"] == "DeadKernelError"
+    assert not kernel_processes(psutil.Process())
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -154,11 +154,11 @@ def animal_mask(drawn: dict) -> np.ndarray:
 
 
 def test_confident_boxes_lie_on_the_drawn_animal(drawings):
-    checked = on_animal = 0
+    checked = in_box = on_animal = fitting = 0
     for task, drawn, detections in drawings:
         confident = [d for d in detections if d["conf"] >= TYPICAL_THRESHOLD]
         if task.species == "blank":
-            assert all(d["conf"] < 0.5 for d in detections), task.path.name
+            assert all(d["conf"] <= 0.61 for d in detections), task.path.name  # false boxes
             continue
         if not confident:
             continue
@@ -166,16 +166,18 @@ def test_confident_boxes_lie_on_the_drawn_animal(drawings):
         x, y, w, h = confident[0]["bbox"]
         cx, cy = int((x + w / 2) * width), int((y + h / 2) * height)
         left, top, right, bottom = drawn["animal_box"]
-        assert left <= cx < right and top <= cy < bottom, task.path.name
+        in_box += left <= cx < right and top <= cy < bottom
         # The centre is on the animal itself (within 2 pixels: legs and tails leave gaps).
         mask = animal_mask(drawn)
         on_animal += mask[max(cy - 2, 0) : cy + 3, max(cx - 2, 0) : cx + 3].any()
         # The box covers most of the animal's visible part and not much else.
         visible = frame_view(drawn, task.night).animal_box
         box = (x * width, y * height, (x + w) * width, (y + h) * height)
-        assert iou(box, visible) > 0.6, task.path.name
+        fitting += visible is not None and iou(box, visible) > 0.6  # None: hidden entirely
         checked += 1
     assert checked >= 100
+    # Nearly always the animal's own box; rarely a false box on the background outranks it.
+    assert in_box >= 0.97 * checked and fitting >= 0.97 * checked
     assert on_animal >= 0.85 * checked
 
 
@@ -238,20 +240,23 @@ def test_confidence_falls_with_size_and_visibility():
     assert np.median(large[large >= found]) > np.median(small[small >= found]) + 0.1
     seen, half = top_confidences(view(visible=1.0)), top_confidences(view(visible=0.5))
     assert np.median(seen[seen >= found]) > np.median(half[half >= found]) + 0.05
-    # A missed animal leaves at most a weak box, below the usual thresholds.
+    # A missed animal leaves at most a weak box, below the usual thresholds (a rare false box on
+    # the background may come close to them).
     missed = small[small < found]
-    assert len(missed) > 100 and missed.max() < 0.16
+    assert len(missed) > 100 and np.mean(missed < 0.16) > 0.98
 
 
-def test_blanks_get_few_low_confidence_boxes():
+def test_blanks_get_few_mostly_weak_boxes():
     for trigger in (False, True):
         rng = np.random.default_rng(2)
         runs = [simulate_detections(blank_view(trigger), rng) for _ in range(2000)]
         boxes = [d["conf"] for run in runs for d in run]
         assert len(boxes) / len(runs) < (0.7 if trigger else 0.2)
-        assert max(boxes) < 0.4
-        confident = [any(d["conf"] >= TYPICAL_THRESHOLD for d in run) for run in runs]
-        assert np.mean(confident) < (0.1 if trigger else 0.02)
+        assert max(boxes) <= 0.61 and np.median(boxes) < 0.2  # mostly below the threshold
+        confident = np.mean([any(d["conf"] >= TYPICAL_THRESHOLD for d in run) for run in runs])
+        # A leaf that fired the camera fools the detector far more often than the background.
+        low, high = (0.15, 0.35) if trigger else (0.01, 0.06)
+        assert low < confident < high
     rng = np.random.default_rng(2)
     leaf = sum(len(simulate_detections(blank_view(True), rng)) for _ in range(2000))
     rng = np.random.default_rng(2)
@@ -272,7 +277,7 @@ def test_the_sample_shows_the_faults(drawings):
     assert animals[animals.night].found.mean() < animals[~animals.night].found.mean()
     small = animals["size"] < animals["size"].median()
     assert animals[small].found.mean() < animals[~small].found.mean()
-    assert blanks.boxes.mean() < 0.7 and blanks.found.mean() < 0.1
+    assert blanks.boxes.mean() < 0.7 and blanks.found.mean() < 0.3
 
 
 def test_each_image_draws_from_its_own_stream():
@@ -284,3 +289,25 @@ def test_each_image_draws_from_its_own_stream():
     assert first == simulated_detections(drawn, night=False, seed=3, index=7)
     others = [simulated_detections(drawn, night=False, seed=3, index=i) for i in range(8, 20)]
     assert any(other != first for other in others)
+
+
+#: The simulated detector's rates at the usual 0.2 threshold, as docs/sample.md states them
+#: against the published MegaDetector figures: animals with no box, blanks with a box.
+MISS_RATE_RANGE = (0.08, 0.18)
+FALSE_BOX_RATE_RANGE = (0.05, 0.16)
+
+
+def test_miss_and_false_box_rates_on_the_sample_are_in_the_stated_ranges(drawings):
+    """Measured on the frames of a generated sample, 20 simulated runs each (less noise)."""
+    rng = np.random.default_rng(7)
+    missed, boxed = [], []
+    for task, drawn, _ in drawings:
+        view = frame_view(drawn, task.night)
+        for _ in range(20):
+            best = max((d["conf"] for d in simulate_detections(view, rng)), default=0.0)
+            (boxed if task.species == "blank" else missed).append(
+                best >= TYPICAL_THRESHOLD if task.species == "blank" else best < TYPICAL_THRESHOLD
+            )
+    assert len(boxed) >= 400 and len(missed) >= 2000
+    assert MISS_RATE_RANGE[0] < np.mean(missed) < MISS_RATE_RANGE[1]
+    assert FALSE_BOX_RATE_RANGE[0] < np.mean(boxed) < FALSE_BOX_RATE_RANGE[1]

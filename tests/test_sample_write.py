@@ -284,7 +284,7 @@ def test_sample_grid_shows_every_class_by_day_and_night():
 
 
 def test_the_package_modules_import_no_private_names_and_form_no_cycle():
-    package = PROJECT_ROOT / "conserviz_utils" / "sample"
+    package = PROJECT_ROOT / "conserviz_utils" / "tools" / "sample"
     imports: dict[str, set[str]] = {}
     for path in package.glob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))

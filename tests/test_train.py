@@ -18,13 +18,9 @@ from torch.utils.data import DataLoader, Dataset
 from conserviz_utils import SPECIES, TrainingError
 from conserviz_utils.runtime.checkpoint import resume_state
 from conserviz_utils.data import collate_images
-from conserviz_utils.train import (
-    HISTORY_COLUMNS,
-    EarlyStopping,
-    fit,
-    predict,
-    predict_logits,
-)
+from conserviz_utils.callbacks import HISTORY_COLUMNS, EarlyStopping
+from conserviz_utils.inference import predict, predict_logits
+from conserviz_utils.train import fit
 
 N_CLASSES = len(SPECIES)
 

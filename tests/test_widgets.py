@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import re
+
 import ipywidgets as widgets
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -126,7 +130,14 @@ def test_a_broken_image_is_reported_in_the_caption_not_raised(dataset, tmp_path)
 
 # --- the prediction explorer --------------------------------------------------------------
 
+from conserviz_utils.palette import (  # noqa: E402
+    NEUTRAL_COLOUR,
+    OKABE_ITO,
+    RIGHT_COLOUR,
+    WRONG_COLOUR,
+)
 from conserviz_utils.teaching.widgets import (  # noqa: E402  (the explorer's half of the module)
+    BAR_WIDTH,
     CONFUSION_MATRIX_ANCHOR,
     PredictionExplorer,
     filter_predictions,
@@ -204,11 +215,35 @@ def test_filter_predictions_refuses_what_cannot_match(predictions):
 def test_probability_bars_mark_the_true_and_the_wrong_predicted_species():
     bars = probability_bars_html(pd.Series({"bird": 0.2, "hog": 0.7, "rodent": 0.1}), "bird")
     assert bars.count("background:") == 3
-    assert "width:70.0px;background:#c62828" in bars  # hog: predicted, wrong
-    assert "width:20.0px;background:#2e7d32" in bars  # bird: the truth
-    assert ">0.70<" in bars
+    # hog: predicted, wrong; bird: the truth; each also marked, so colour is never alone.
+    assert f"width:{0.7 * BAR_WIDTH:.1f}px;background:{WRONG_COLOUR}" in bars
+    assert f"width:{0.2 * BAR_WIDTH:.1f}px;background:{RIGHT_COLOUR}" in bars
+    assert ">0.70 ✗<" in bars and ">0.20 ✓<" in bars and ">0.10 <" in bars
+    assert "✓ true species" in bars and "✗ wrong prediction" in bars  # the key, in words
     right = probability_bars_html(pd.Series({"bird": 0.9, "hog": 0.1}), "bird")
-    assert "#c62828" not in right
+    assert WRONG_COLOUR not in right.split("</div>", 1)[1] and "✗<" not in right
+
+
+def test_the_bars_use_a_colour_blind_safe_pair_and_readable_text():
+    # Okabe–Ito blue and vermillion, not the red/green pair that red-green blindness merges.
+    assert (RIGHT_COLOUR, WRONG_COLOUR) == (OKABE_ITO["blue"], OKABE_ITO["vermillion"])
+    bars = probability_bars_html(pd.Series({"bird": 0.2, "hog": 0.7, "rodent": 0.1}), "bird")
+    sizes = [int(size) for size in re.findall(r"font-size:(\d+)px", bars)]
+    assert sizes and min(sizes) >= 13  # 13 px is about 10 pt
+    colours = set(re.findall(r"(?:background|color):\s*([^;\"]+)", bars))
+    assert colours == {RIGHT_COLOUR, WRONG_COLOUR, NEUTRAL_COLOUR}  # every colour from the palette
+
+
+def test_a_dark_frame_is_brightened_for_display_only(tmp_path):
+    night = np.random.default_rng(0).integers(10, 60, (90, 160, 3), dtype=np.uint8)
+    path = tmp_path / "night.jpg"
+    Image.fromarray(night).save(path, quality=95)
+    on_disk = path.read_bytes()
+    features = pd.DataFrame({"path": [str(path)], "site": ["S0001"]}, index=["ZJ000009"])
+    browser = ImageBrowser(features)
+    shown = np.asarray(Image.open(io.BytesIO(bytes(browser.image.value))).convert("L"))
+    assert np.median(shown) > np.median(night) + 40  # brighter on screen
+    assert path.read_bytes() == on_disk  # the image itself is untouched
 
 
 def test_explorer_builds_with_dropdowns_cards_and_the_confusion_matrix_link(predictions):

@@ -1,7 +1,7 @@
 """Cross-validation on the fast path: one head per site-grouped fold, trained on cached embeddings.
 
 A single split gives one score from one quarter of the sites. Cross-validation grouped by site
-(:func:`conserviz_utils.split.site_folds`) lets every train image be predicted once by a head
+(:func:`conserviz_utils.climb.folds.site_folds`) lets every train image be predicted once by a head
 that never saw its site: the out-of-fold (OOF) predictions. Their log loss, with its spread over
 the folds, is the course's honest estimate of the leaderboard score. Each head stops early on
 a held-out slice of its fold's *training* sites, never on the fold's eval images, so the OOF
@@ -32,15 +32,12 @@ from conserviz_utils import SPECIES
 from conserviz_utils.course.embeddings import Embeddings
 from conserviz_utils.climb.ensemble import FoldPredictions, out_of_fold_scores
 from conserviz_utils.errors import DataValidationError
-from conserviz_utils.course.features import (
-    fit_head,
-    predict_from_embeddings,
-    predict_logits_from_embeddings,
-)
+from conserviz_utils.course.features import fit_head, predict_from_embeddings
 from conserviz_utils.labels import species_names
 from conserviz_utils.metrics import accuracy
 from conserviz_utils.course.recipe import Recipe
-from conserviz_utils.split import site_folds, split_by_site, split_stratified
+from conserviz_utils.climb.folds import site_folds
+from conserviz_utils.split import split_by_site, split_stratified
 
 __all__ = ["INNER_SPLITS", "CrossValidation", "FoldHead", "cross_validate", "random_folds"]
 
@@ -194,17 +191,6 @@ class CrossValidation:
             names=tuple(f"{names} {j}" for j in range(m)),
         )
 
-    def oof_logits(self, embeddings: Embeddings, member: int = 0) -> pd.DataFrame:
-        """The raw OOF logits of one head per fold (what a temperature is fitted on), by id."""
-        parts = []
-        for fold_head in self.heads:
-            if fold_head.member == member:
-                eval_ids = self.folds.index[self.folds.to_numpy() == fold_head.fold]
-                parts.append(
-                    predict_logits_from_embeddings(fold_head.head, embeddings.select(eval_ids), list(self.species))
-                )
-        return pd.concat(parts).reindex(self.folds.index)
-
 
 def _views(embeddings, what: str) -> list[Embeddings]:
     """One or several Embeddings (a list, or a dict name → Embeddings) as a list."""
@@ -306,13 +292,13 @@ def cross_validate(
     if not isinstance(folds, pd.Series) or folds.index.has_duplicates:
         raise DataValidationError(
             "folds must be a Series of fold numbers indexed by unique image ids",
-            fix="make them with split.site_folds or cv.random_folds",
+            fix="make them with folds.site_folds or cv.random_folds",
         )
     fold_numbers = sorted(int(k) for k in folds.unique())
     if fold_numbers != list(range(len(fold_numbers))) or len(fold_numbers) < 2:
         raise DataValidationError(
             f"fold numbers must be 0, 1, … with at least 2 folds, got {fold_numbers}",
-            fix="make the folds with split.site_folds or cv.random_folds",
+            fix="make the folds with folds.site_folds or cv.random_folds",
         )
     names = species_names(labels, list(species), what="train labels")
     missing = folds.index.difference(names.index)

@@ -35,6 +35,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from conserviz_utils.course.embeddings import Embeddings, compute_embeddings
+from conserviz_utils.course.provenance import FileDigests, digest_cache_dir
+from conserviz_utils.data import path_column
 from conserviz_utils.errors import DataValidationError
 from conserviz_utils.files.fileio import atomic_write_bytes
 from conserviz_utils.files.images import open_image
@@ -71,8 +73,10 @@ _FORMAT_FIX = (
     "pass the batch-output JSON of MegaDetector's run_detector_batch (format 1.x, see "
     "https://lila.science/megadetector-output-format)"
 )
-# Bump when crops are cut differently, so old crop files are not reused.
-_CROP_FORMAT = 1
+#: The category names whose boxes are animals to crop (``best_animal_boxes(animal_names=...)`` changes them).
+ANIMAL_NAMES = ("animal",)
+# Bump when crops are cut or keyed differently, so old crop files are not reused.
+_CROP_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -102,10 +106,10 @@ class Detections:
     missing_ids: pd.Index = field(default_factory=lambda: pd.Index([], name="id"))
     unmatched_files: pd.Index = field(default_factory=lambda: pd.Index([], name="file"))
 
-    @property
-    def animal_category(self) -> str:
-        """The category id named "animal" ("1" in MegaDetector's files)."""
-        return next((key for key, name in self.categories.items() if name == "animal"), "1")
+    def animal_categories(self, names=ANIMAL_NAMES) -> list[str]:
+        """The ids of the categories whose name is one of ``names`` (case aside), in the file's order."""
+        wanted = {str(name).strip().lower() for name in names}
+        return [key for key, name in self.categories.items() if name.strip().lower() in wanted]
 
     @property
     def matched(self) -> bool:
@@ -114,7 +118,7 @@ class Detections:
 
     def summary(self) -> dict:
         """Counts: images listed, failed, with an animal detection, and how the match went."""
-        animals = self.boxes.loc[self.boxes["category"] == self.animal_category, "file"].nunique()
+        animals = self.boxes.loc[self.boxes["category"].isin(self.animal_categories()), "file"].nunique()
         counts = {"files": len(self.files), "failed": len(self.failures), "with_animal": int(animals)}
         if self.matched:
             counts.update(
@@ -159,6 +163,8 @@ def read_detections(path: str | os.PathLike, features: pd.DataFrame | None = Non
         )
     try:
         document = json.loads(path.read_text(encoding="utf-8-sig"))
+    except RecursionError:
+        raise _fail("the JSON is nested too deeply (thousands of levels) to be a detections file", path) from None
     except UnicodeDecodeError as exc:
         raise _fail(f"not a text file ({exc.reason})", path) from None
     except json.JSONDecodeError as exc:
@@ -311,13 +317,7 @@ def match_detections(detections: Detections, features: pd.DataFrame) -> Detectio
         DataValidationError: no file matches any image (showing the first few of each), or two
             entries name the same image.
     """
-    column = next((c for c in ("filepath", "path") if c in features.columns), None)
-    if column is None:
-        raise DataValidationError(
-            "the features frame has neither a 'filepath' nor a 'path' column",
-            column="filepath",
-            fix="pass a features frame from load_competition(...), e.g. data.train_features",
-        )
+    column = path_column(features, ("filepath", "path"))
     expected = pd.Series(features.index, index=[_normalised(str(p)) for p in features[column]])
     by_path = expected.to_dict()
     names = pd.Series([PurePosixPath(p).name for p in expected.index])
@@ -396,13 +396,14 @@ def _match_one(name: str, by_path: dict, by_name: dict):
     return by_name.get(parts[-1])
 
 
-def best_animal_boxes(detections: Detections, threshold: float = 0.2) -> pd.DataFrame:
+def best_animal_boxes(detections: Detections, threshold: float = 0.2, animal_names=ANIMAL_NAMES) -> pd.DataFrame:
     """The most confident animal box of each image, if its confidence reaches ``threshold``.
 
     Args:
         detections: From :func:`read_detections` (matched to features, or not).
         threshold: Lowest confidence kept, in [0, 1]. MegaDetector's own suggestion is about
             0.2; the 11th-place solution used 0.05 and 0.1 (more animals, more false boxes).
+        animal_names: The ``detection_categories`` names to crop; others (a person) stay whole.
 
     Returns:
         One row per image — every id of the matched features (index ``id``), or every file
@@ -412,7 +413,7 @@ def best_animal_boxes(detections: Detections, threshold: float = 0.2) -> pd.Data
     if not _number(threshold) or not 0 <= threshold <= 1:
         raise ValueError(f"threshold must be a number from 0 to 1, got {threshold!r}")
     boxes = detections.boxes
-    animals = boxes[(boxes["category"] == detections.animal_category) & (boxes["conf"] >= threshold)]
+    animals = boxes[boxes["category"].isin(detections.animal_categories(animal_names)) & (boxes["conf"] >= threshold)]
     key = "id" if detections.matched else "file"
     animals = animals.dropna(subset=[key])
     # The most confident box per image; a stable sort keeps the file's order between equals.
@@ -469,9 +470,10 @@ def write_crops(
 ) -> pd.DataFrame:
     """Crop every image with a box to it, as a JPEG in ``out_dir``; the others stay whole.
 
-    Each crop's file name carries a hash of its source file (path, size, modification time),
-    its box and the padding, so a crop is written once and reused afterwards: its embeddings
-    then come from the cache too. A changed image or box gets a new file.
+    Each crop's file name carries a hash of its source's content (the data fingerprint's rule,
+    ``provenance.FileDigests``), its box and the padding, so a crop is written once and reused,
+    its embeddings from the cache too. A changed image (even of the same size, its modification
+    time set back) or box gets a new file.
 
     Args:
         features: A features frame with a ``path`` column (``load_competition`` gives one).
@@ -506,17 +508,13 @@ def write_crops(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = features["path"].astype(str).to_numpy().copy()
     todo = np.flatnonzero(has_box)
-    for row in tqdm(todo, desc="crops", unit="img", disable=not progress, leave=False):
-        source = Path(paths[row])
+    contents = _content_digests([paths[row] for row in todo])
+    for row, content in tqdm(zip(todo, contents), total=len(todo), desc="crops", unit="img",
+                             disable=not progress, leave=False):
         box = boxes.iloc[row][list(BOX_COLUMNS)].to_numpy(dtype=float)
-        try:
-            digest = _crop_digest(source, box, padding)
-        except OSError:
-            open_image(source)  # raises the ImageLoadError that names the file and the fix
-            raise
-        target = out_dir / f"{features.index[row]}-{digest}.jpg"
+        target = out_dir / f"{features.index[row]}-{_crop_digest(content, box, padding)}.jpg"
         if not target.is_file():
-            crop = crop_box(open_image(source), box, padding)
+            crop = crop_box(open_image(Path(paths[row])), box, padding)
             buffer = io.BytesIO()
             crop.save(buffer, "JPEG", quality=quality)
             atomic_write_bytes(target, buffer.getvalue(), what="crop")
@@ -524,17 +522,25 @@ def write_crops(
     cropped = features.copy()
     cropped["path"] = paths
     cropped["cropped"] = has_box
-    source = boxes["source"].astype(object).fillna(SOURCES[3]) if "source" in boxes else SOURCES[3]
-    cropped["source"] = source
+    cropped["source"] = boxes["source"].astype(object).fillna(SOURCES[3]) if "source" in boxes else SOURCES[3]
     return cropped
 
 
-def _crop_digest(source: Path, box: np.ndarray, padding: float) -> str:
-    """A short hash of what makes a crop: the source file's identity, the box and the padding."""
-    stat = source.stat()
-    text = json.dumps(
-        [_CROP_FORMAT, str(source), stat.st_size, stat.st_mtime_ns, [round(v, 6) for v in box], padding]
-    )
+def _content_digests(paths: list[str]) -> list[str]:
+    """The content digests of the source images, cached as the data fingerprint caches them."""
+    digests = FileDigests(digest_cache_dir())
+    try:
+        return digests.digests(paths)
+    except OSError as err:
+        open_image(err.filename or paths[0])  # raises the ImageLoadError that names the file and the fix
+        raise
+    finally:
+        digests.save()
+
+
+def _crop_digest(content: str, box: np.ndarray, padding: float) -> str:
+    """A short hash of what makes a crop: the source image's content digest, the box and the padding."""
+    text = json.dumps([_CROP_FORMAT, content, [round(v, 6) for v in box], padding])
     return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
 
 

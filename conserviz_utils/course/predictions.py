@@ -1,10 +1,10 @@
 """Predictions computed once: logits cached on disk, and cached embeddings reused for a frozen backbone.
 
-Notebook 05 needs the eval images' logits and notebook 06 the test images'. Running the network
-over thousands of images takes minutes on a CPU, so each set of logits is computed once and kept
-in ``outputs/predictions/`` as a CSV with a provenance sidecar (:mod:`conserviz_utils.course.provenance`)
-keyed on the model's weights, the images and the data: a rerun of 05 or 06 reads the file, and a
-new checkpoint or other data never does.
+Notebook 05 needs the eval images' logits (:func:`eval_logits`) and notebook 06 the test images'
+(:func:`test_logits`). Running the network over thousands of images takes minutes on a CPU, so each
+set of logits is computed once and kept in ``outputs/predictions/`` as a CSV with a provenance
+sidecar (:mod:`conserviz_utils.course.provenance`) keyed on the model's weights, the images and the
+data: a rerun of 05 or 06 reads the file, and a new checkpoint or other data never does.
 
 When the kept model is the head-only stage of the default recipe, its backbone is the frozen
 pretrained one whose embeddings notebook 04 already cached; the logits are then the head over
@@ -19,6 +19,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -32,8 +33,11 @@ from conserviz_utils.course.embeddings import (
     embeddings_key,
     load_embeddings,
 )
-from conserviz_utils.errors import ConservizError
+from conserviz_utils.errors import ConservizError, ImageLoadError
 from conserviz_utils.course.features import predict_logits_from_embeddings
+from conserviz_utils.course.steps import embedding_transform
+from conserviz_utils.data import ImagesDataset, make_loader
+from conserviz_utils.inference import predict_logits
 from conserviz_utils.files.fileio import atomic_write_csv
 from conserviz_utils.course.provenance import (
     FileDigests,
@@ -43,15 +47,21 @@ from conserviz_utils.course.provenance import (
     write_sidecar,
 )
 
+if TYPE_CHECKING:
+    from conserviz_utils.course.settings import CourseSettings
+
 __all__ = [
     "HEAD_ONLY_STAGE",
     "cached_logits",
     "embed_and_predict",
+    "eval_logits",
     "find_cached_embeddings",
     "head_logits",
     "ids_fingerprint",
     "logits_provenance",
+    "prediction_loader",
     "read_logits",
+    "test_logits",
     "uses_frozen_backbone",
     "weights_fingerprint",
     "write_logits",
@@ -278,3 +288,101 @@ def embed_and_predict(
         model, features, transform=transform, cache_dir=cache_dir, batch_size=batch_size, progress=progress
     )
     return head_logits(model, embeddings, species)
+
+
+def prediction_loader(model, features, settings: CourseSettings):
+    """A loader over ``features``' images in ``model``'s input format, without augmentation."""
+    dataset = ImagesDataset(features, transform=embedding_transform(model.arch))
+    return make_loader(dataset, batch_size=2 * settings.batch_size)
+
+
+def _species_of(checkpoint: dict | None, data) -> list[str]:
+    """The species order of a checkpoint's logits (the data's when the checkpoint does not say)."""
+    return list((checkpoint or {}).get("species") or data.species)
+
+
+def _checkpoint_note(settings: CourseSettings, checkpoint: dict | None) -> dict:
+    """What a predictions record says about the checkpoint it came from (informative only)."""
+    checkpoint = checkpoint or {}
+    return {
+        "checkpoint": str(settings.artifacts.checkpoint),
+        "checkpoint_saved_at": checkpoint.get("saved_at"),
+        "stage": (checkpoint.get("extra") or {}).get("stage"),
+    }
+
+
+def eval_logits(model, checkpoint: dict | None, data, splits, settings: CourseSettings, *, progress: bool = True,
+                verbose: bool = True):
+    """The kept model's logits on the eval images, computed once.
+
+    Read from ``outputs/predictions/eval_logits.csv`` while its record matches this model's
+    weights, these images and this data. Otherwise computed: when the checkpoint kept the
+    head-only stage, its backbone is the frozen one notebook 04 embedded every training image
+    with, so the logits are the head over those cached embeddings (milliseconds); else the model
+    runs over the eval images. Either way the result is written for the next run.
+
+    Args:
+        model: The model of the checkpoint (``load_checkpoint``'s first value).
+        checkpoint: Its dictionary (``load_checkpoint``'s second value): the stage and species.
+        splits: The split whose eval side is predicted.
+
+    Returns:
+        Float64 logits indexed by id, one column per species.
+    """
+    eval_ids = splits[1]
+    species = _species_of(checkpoint, data)
+    features = data.train_features.loc[eval_ids]
+    transform = embedding_transform(model.arch)
+
+    def compute():
+        if uses_frozen_backbone(checkpoint):
+            found = find_cached_embeddings(model, data.train_features, eval_ids,
+                                           cache_dir=settings.artifacts.features, transform=transform)
+            if found is not None:
+                return head_logits(model, found, species), "the head over cached embeddings"
+            logits = embed_and_predict(model, features, species, cache_dir=settings.artifacts.features,
+                                       transform=transform, batch_size=2 * settings.batch_size, progress=progress)
+            return logits, "the head over newly cached embeddings"
+        loader = prediction_loader(model, features, settings)
+        return predict_logits(model, loader, species=species, progress=progress), "the model over the images"
+
+    return cached_logits(settings.artifacts.eval_logits, model, data, "train", eval_ids, species, compute,
+                         extra=_checkpoint_note(settings, checkpoint), say=print if verbose else None)
+
+
+def test_logits(model, checkpoint: dict | None, data, settings: CourseSettings, *, progress: bool = True,
+                verbose: bool = True):
+    """The kept model's logits on the test images, computed once (see :func:`eval_logits`).
+
+    Cached in ``outputs/predictions/test_logits.csv``; a head-only checkpoint embeds the test
+    images once with its frozen backbone (cached under ``outputs/features``) and applies the head.
+    """
+    features = data.test_features
+    species = _species_of(checkpoint, data)
+
+    def predict_test_images():
+        if uses_frozen_backbone(checkpoint):
+            logits = embed_and_predict(model, features, species, cache_dir=settings.artifacts.features,
+                                       transform=embedding_transform(model.arch),
+                                       batch_size=2 * settings.batch_size, progress=progress)
+            return logits, "the head over cached embeddings"
+        loader = prediction_loader(model, features, settings)
+        return predict_logits(model, loader, species=species, progress=progress), "the model over the images"
+
+    def compute():
+        try:
+            return predict_test_images()
+        except ImageLoadError as exc:
+            # The generic fix offers to drop the image's CSV row; a submission needs every test row.
+            raise ImageLoadError(
+                f"a test image cannot be read: {exc.problem}", path=exc.path, rows=exc.rows,
+                fix="extract it again from competition.zip (or rebuild the sample with `make sample`); every "
+                "test image needs a row in the submission, so its row cannot be left out",
+            ) from None
+
+    return cached_logits(settings.artifacts.test_logits, model, data, "test", features.index, species, compute,
+                         extra=_checkpoint_note(settings, checkpoint), say=print if verbose else None)
+
+
+# Named for the test images, not a test: pytest must not collect it where a test module imports it.
+test_logits.__test__ = False

@@ -62,9 +62,13 @@ __all__ = [
     "files_fingerprint",
     "make_provenance",
     "read_sidecar",
+    "remove_with_sidecar",
     "sidecar_path",
     "write_sidecar",
 ]
+
+#: The parts of a record :func:`check_matches` compares (a reader may ``ignore`` some).
+COMPARED_PARTS = ("data", "settings", "inputs")
 
 #: Bump when the layout of a provenance record changes; records of another format never match.
 PROVENANCE_FORMAT = 1
@@ -84,7 +88,6 @@ DATA_PARTS = {
     },
 }
 
-SAMPLE_MARKER = "conserviz-sample.json"
 _CHUNK = 1 << 20  # read files in 1 MiB pieces: hashlib releases the GIL on big updates
 
 
@@ -316,8 +319,10 @@ def _count_rows(path: Path) -> int | None:
 
 def describe_data(data_or_root) -> str:
     """A short description of a data folder for messages: "sample, 2,000 train + 500 test images"."""
+    from conserviz_utils.files.competition import is_sample_folder  # pandas only when a message needs it
+
     root = _data_root(data_or_root)
-    kind = "sample" if (root / SAMPLE_MARKER).is_file() else "competition data"
+    kind = "sample" if is_sample_folder(root) else "competition data"
     counts = []
     for table, label in (("train_features", "train"), ("test_features", "test")):
         frame = None if isinstance(data_or_root, (str, os.PathLike)) else getattr(data_or_root, table, None)
@@ -410,19 +415,33 @@ def sidecar_path(artifact_path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".provenance.json")
 
 
-def write_sidecar(artifact_path: str | os.PathLike, provenance: Mapping[str, Any]) -> Path:
+def write_sidecar(artifact_path: str | os.PathLike, provenance: Mapping[str, Any], *, digest: bool = True) -> Path:
     """Write an artifact's provenance record beside it, atomically; returns the sidecar's path.
 
     Write it right after the artifact: an artifact replaced without a new record then fails
     :func:`check_matches` (its content no longer matches ``artifact_digest``) and is rebuilt.
+
+    Args:
+        digest: Record the artifact's content digest. False for a file that a run keeps
+            rewriting after the record is written (a fine-tuning's resume state): the record
+            then says what the file belongs to, and the run deletes both when it ends.
     """
     path = Path(artifact_path)
     record = dict(_plain(provenance))
     record["artifact"] = path.name
     record["written"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if path.is_file():
+    if digest and path.is_file():
         record["artifact_digest"] = file_digest(path)
     return atomic_write_json(sidecar_path(path), record, what="provenance record")
+
+
+def remove_with_sidecar(artifact_path: str | os.PathLike) -> bool:
+    """Delete an artifact and its provenance record (the record last); True when the artifact existed."""
+    path = Path(artifact_path)
+    existed = path.is_file()
+    path.unlink(missing_ok=True)
+    sidecar_path(path).unlink(missing_ok=True)
+    return existed
 
 
 def read_sidecar(artifact_path: str | os.PathLike) -> dict | None:
@@ -444,12 +463,26 @@ def _setting_changes(old: Mapping, new: Mapping, limit: int = 3) -> str:
     return ", ".join(changes[:limit]) + more
 
 
-def check_matches(artifact_path: str | os.PathLike, expected: Mapping[str, Any]) -> tuple[bool, str]:
+def check_matches(
+    artifact_path: str | os.PathLike,
+    expected: Mapping[str, Any],
+    *,
+    ignore: Sequence[str] = (),
+    settings_keys: Sequence[str] | None = None,
+) -> tuple[bool, str]:
     """Whether an artifact on disk was made from what ``expected`` describes, with the reason.
+
+    The one staleness rule: every reader of an artifact (the notebooks' ``ensure_*`` steps, the
+    ``conserviz`` command, resuming) asks it, and rebuilds or refuses on its answer.
 
     Args:
         artifact_path: The artifact.
         expected: The record :func:`make_provenance` gives for what would be written now.
+        ignore: Parts of :data:`COMPARED_PARTS` that do not matter to this reader, e.g.
+            ``("data", "settings")`` for a temperature, which belongs to a model whatever data
+            it is used on.
+        settings_keys: Compare only these settings (None: all of them), e.g. what a
+            fine-tuning needs of the head it starts from.
 
     Returns:
         ``(ok, reason)``: ``reason`` is one line naming the artifact and what differs, e.g.
@@ -467,10 +500,13 @@ def check_matches(artifact_path: str | os.PathLike, expected: Mapping[str, Any])
     if digest is not None and digest != file_digest(path):
         return False, f"{name} was changed after its provenance record was written"
     expected = _plain(expected)
+    unknown = sorted(set(ignore) - set(COMPARED_PARTS))
+    if unknown:
+        raise ValueError(f"ignore takes parts of {COMPARED_PARTS}, got {unknown}")
     if record.get("format") != expected.get("format"):
         return False, f"{name} has a provenance record of another format"
     old_data, new_data = record.get("data"), expected.get("data")
-    if (old_data or {}).get("fingerprint") != (new_data or {}).get("fingerprint"):
+    if "data" not in ignore and (old_data or {}).get("fingerprint") != (new_data or {}).get("fingerprint"):
         if old_data and new_data and old_data.get("root") == new_data.get("root"):
             where = f"the data in {old_data.get('root')} has changed since ({old_data.get('description')} then)"
             return False, f"{name} was made from other data: {where}"
@@ -478,10 +514,13 @@ def check_matches(artifact_path: str | os.PathLike, expected: Mapping[str, Any])
         root = (old_data or {}).get("root")
         return False, f"{name} was made from other data ({what}{f' at {root}' if root else ''})"
     old_settings, new_settings = record.get("settings") or {}, expected.get("settings") or {}
-    if old_settings != new_settings:
+    if settings_keys is not None:
+        old_settings = {key: old_settings.get(key) for key in settings_keys}
+        new_settings = {key: new_settings.get(key) for key in settings_keys}
+    if "settings" not in ignore and old_settings != new_settings:
         return False, f"{name} was made with other settings ({_setting_changes(old_settings, new_settings)})"
     old_inputs, new_inputs = record.get("inputs") or {}, expected.get("inputs") or {}
-    if old_inputs != new_inputs:
+    if "inputs" not in ignore and old_inputs != new_inputs:
         changed = sorted(k for k in set(old_inputs) | set(new_inputs) if old_inputs.get(k) != new_inputs.get(k))
         return False, f"{name} was made from another {', '.join(changed)}"
     # "versions" is informative only: a new torch does not make a model wrong.

@@ -24,10 +24,19 @@ from typing import Any
 from conserviz_utils.errors import ConservizError
 from conserviz_utils.files.fileio import atomic_write_json, atomic_write_text
 
-__all__ = ["OPTIMIZERS", "Recipe", "RecipeError"]
+__all__ = ["MAX_BATCH_SIZE", "MAX_EPOCHS", "MAX_IMAGES", "MAX_SEED", "OPTIMIZERS", "Recipe", "RecipeError"]
 
-#: Optimizers the fine-tuning stage can use (``course.make_optimizer`` builds them).
+#: Optimizers the fine-tuning stage can use (``course.steps.make_optimizer`` builds them).
 OPTIMIZERS = ("adamw", "sgd")
+
+#: Largest seed: numpy and torch's generators take 32 bits of it.
+MAX_SEED = 2**32 - 1
+#: Largest batch (images or embeddings per step); far beyond any GPU's memory for images.
+MAX_BATCH_SIZE = 65_536
+#: Largest number of epochs or of patience epochs.
+MAX_EPOCHS = 10_000
+#: Largest training-image cap: beyond any dataset this course meets.
+MAX_IMAGES = 100_000_000
 
 
 class RecipeError(ConservizError, ValueError):
@@ -35,11 +44,13 @@ class RecipeError(ConservizError, ValueError):
 
     Attributes:
         field: The name of the offending field, when one is to blame.
+        example: A value that works for that field.
     """
 
-    def __init__(self, problem: str, *, field: str | None = None, **where: Any) -> None:
+    def __init__(self, problem: str, *, field: str | None = None, example: Any = None, **where: Any) -> None:
         super().__init__(problem, **where)
         self.field = field
+        self.example = example
 
 
 def _help(default: Any, text: str) -> Any:
@@ -82,38 +93,41 @@ class Recipe:
 
     def __post_init__(self) -> None:
         self._check_text("arch", _known_architectures(), example="efficientnet_lite0")
-        self._check_whole("seed", minimum=0, example=0)
+        self._check_whole("seed", minimum=0, maximum=MAX_SEED, example=0)
         if self.max_train_images is not None:
-            self._check_whole("max_train_images", minimum=1, example=240)
+            self._check_whole("max_train_images", minimum=1, maximum=MAX_IMAGES, example=240)
         self._check_rate("head_lr", example=1e-3)
         self._check_rate("head_weight_decay", example=1.0, zero_ok=True)
-        self._check_whole("head_batch_size", minimum=1, example=64)
-        self._check_whole("head_epochs", minimum=1, example=30)
-        self._check_whole("head_patience", minimum=1, example=3)
+        self._check_whole("head_batch_size", minimum=1, maximum=MAX_BATCH_SIZE, example=64)
+        self._check_whole("head_epochs", minimum=1, maximum=MAX_EPOCHS, example=30)
+        self._check_whole("head_patience", minimum=1, maximum=MAX_EPOCHS, example=3)
         self._check_share("head_holdout", example=0.15)
         self._check_text("fine_tune_optimizer", OPTIMIZERS, example="adamw")
         self._check_rate("fine_tune_lr", example=1e-4)
         self._check_rate("fine_tune_weight_decay", example=1e-4, zero_ok=True)
-        self._check_whole("fine_tune_epochs", minimum=0, example=1)
-        self._check_whole("fine_tune_patience", minimum=1, example=1)
+        self._check_whole("fine_tune_epochs", minimum=0, maximum=MAX_EPOCHS, example=1)
+        self._check_whole("fine_tune_patience", minimum=1, maximum=MAX_EPOCHS, example=1)
         if not isinstance(self.augment, bool):
             raise self._refuse("augment", "must be true or false", example="true")
-        self._check_whole("batch_size", minimum=1, example=32)
+        self._check_whole("batch_size", minimum=1, maximum=MAX_BATCH_SIZE, example=32)
 
     # --- validation -------------------------------------------------------------------------
 
     def _refuse(self, name: str, problem: str, example: Any) -> RecipeError:
         value = getattr(self, name)
         return RecipeError(
-            f"recipe field {name}={value!r} {problem}", field=name, fix=f"set {name} to e.g. {example}"
+            f"recipe field {name}={value!r} {problem}", field=name, example=example,
+            fix=f"set {name} to e.g. {example}",
         )
 
-    def _check_whole(self, name: str, *, minimum: int, example: int) -> None:
+    def _check_whole(self, name: str, *, minimum: int, maximum: int, example: int) -> None:
         value = getattr(self, name)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self._refuse(name, "is not a whole number", example)
+            raise self._refuse(name, f"is not a whole number (allowed: {minimum} to {maximum:,})", example)
         if value < minimum:
             raise self._refuse(name, f"must be at least {minimum}", example)
+        if value > maximum:
+            raise self._refuse(name, f"must be at most {maximum:,}", example)
 
     def _check_rate(self, name: str, *, example: float, zero_ok: bool = False) -> None:
         value = getattr(self, name)
@@ -260,7 +274,7 @@ def _with_path(path: Path, values: Any) -> Recipe:
     try:
         return Recipe.from_dict(values)
     except RecipeError as err:
-        raise RecipeError(err.problem, field=err.field, path=path, fix=err.fix) from None
+        raise RecipeError(err.problem, field=err.field, example=err.example, path=path, fix=err.fix) from None
     except TypeError as err:  # pragma: no cover - from_dict refuses unknown keys first
         raise RecipeError(str(err), path=path) from None
 

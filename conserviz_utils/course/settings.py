@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from conserviz_utils.course.artifacts import CourseArtifacts
+from conserviz_utils.course.recipe import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGES, MAX_SEED
 from conserviz_utils.errors import ConservizError
 
 __all__ = [
@@ -88,9 +89,10 @@ def read_whole_number(
     *,
     minimum: int,
     example: int,
+    maximum: int | None = None,
     parameters: Mapping[str, object] | None = None,
 ) -> int | None:
-    """Read a whole number of at least ``minimum``: parameter, else ``CONSERVIZ_<name>``, else ``default``."""
+    """Read a whole number from ``minimum`` to ``maximum``: parameter, else ``CONSERVIZ_<name>``, else ``default``."""
     raw, parameter = _lookup(env, parameters, name)
     if raw is None or raw.strip() == "":
         return default
@@ -103,6 +105,8 @@ def read_whole_number(
         raise _refuse(name, raw, "is not a whole number", str(example), parameter) from None
     if value < minimum:
         raise _refuse(name, raw, f"must be at least {minimum}", str(example), parameter)
+    if maximum is not None and value > maximum:
+        raise _refuse(name, raw, f"must be at most {maximum:,}", str(example), parameter)
     return value
 
 
@@ -127,7 +131,8 @@ def read_train_image_cap(
     """Read the training-image cap (``max_train_images``), refusing one too small to learn 8 species from."""
     from conserviz_utils import SPECIES
 
-    cap = read_whole_number(env, "MAX_TRAIN_IMAGES", default, minimum=1, example=240, parameters=parameters)
+    cap = read_whole_number(env, "MAX_TRAIN_IMAGES", default, minimum=1, maximum=MAX_IMAGES, example=240,
+                            parameters=parameters)
     smallest = MIN_IMAGES_PER_SPECIES * len(SPECIES)
     if cap is not None and cap < smallest:
         raw, parameter = _lookup(env, parameters, "MAX_TRAIN_IMAGES")
@@ -200,11 +205,13 @@ class CourseSettings:
             quick=quick,
             output_dir=Path((outputs or "").strip() or DEFAULT_OUTPUT_DIR).expanduser(),
             arch=read_architecture(env, cls.arch, given),
-            epochs=read_whole_number(env, "EPOCHS", 1 if quick else cls.epochs, minimum=0, example=1, parameters=given),
-            head_epochs=read_whole_number(env, "HEAD_EPOCHS", cls.head_epochs, minimum=1, example=30,
-                                          parameters=given),
-            batch_size=read_whole_number(env, "BATCH_SIZE", cls.batch_size, minimum=1, example=32, parameters=given),
-            seed=read_whole_number(env, "SEED", cls.seed, minimum=0, example=0, parameters=given),
+            epochs=read_whole_number(env, "EPOCHS", 1 if quick else cls.epochs, minimum=0, maximum=MAX_EPOCHS,
+                                     example=1, parameters=given),
+            head_epochs=read_whole_number(env, "HEAD_EPOCHS", cls.head_epochs, minimum=1, maximum=MAX_EPOCHS,
+                                          example=30, parameters=given),
+            batch_size=read_whole_number(env, "BATCH_SIZE", cls.batch_size, minimum=1, maximum=MAX_BATCH_SIZE,
+                                         example=32, parameters=given),
+            seed=read_whole_number(env, "SEED", cls.seed, minimum=0, maximum=MAX_SEED, example=0, parameters=given),
             max_train_images=read_train_image_cap(env, 240 if quick else None, given),
         )
 

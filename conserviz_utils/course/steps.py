@@ -1,171 +1,52 @@
-"""The notebooks' shared steps: split, embed, train the head, fine-tune, keep the better stage, score.
+"""The two training stages the notebooks, ``make course``, the ``conserviz`` command and torchrun share.
 
-Every notebook starts with its parameters cell and ``settings = CourseSettings.from_env(...)``
-(:mod:`conserviz_utils.course.settings`) and finds what earlier notebooks wrote through
-``settings.artifacts`` (:mod:`conserviz_utils.course.artifacts`). Training takes its hyperparameters from a
-:class:`~conserviz_utils.course.recipe.Recipe`. When an artifact is missing — a learner opened notebook
-05 first — the ``ensure_*`` helpers rebuild it with the default recipe, so each notebook runs
-alone.
+Stage 1 (:func:`train_head`) trains the model's head on cached embeddings of the training sites,
+early-stopping on a held-out slice of them. Stage 2 (:func:`fine_tune`) unfreezes the whole network
+and trains it with ``fit`` (``conserviz_utils/train.py``). Both take their numbers from a
+:class:`~conserviz_utils.course.recipe.Recipe`, and both build their optimizer with
+:func:`make_optimizer`, so a recipe's optimizer, rates and patience hold in notebook 04, in
+``make course`` (which runs it), in ``conserviz train`` and under torchrun alike.
+:func:`keep_better_stage` then keeps whichever stage scored better on the eval images.
 
-Every artifact written here gets a provenance sidecar (:mod:`conserviz_utils.course.provenance`): the
-fingerprint of the data it was made from, the settings that matter and the artifacts it used.
-An ``ensure_*`` step reuses an artifact only while its record matches what it would write now,
-and otherwise rebuilds it, saying why in one line ("model.pt was made from other data (sample,
-2,000 train + 500 test images); retraining"). So switching ``CONSERVIZ_DATA`` or
-``CONSERVIZ_ARCH`` under one output folder, or editing a label, never mixes old and new.
-Notebooks that write an artifact themselves use the ``save_course_*`` helpers, which write the
-sidecar too.
-
-The headless runner of ``make course`` is :mod:`conserviz_utils.tools.runner`; ``python -m
-conserviz_utils.course.steps`` still starts it.
+``python -m conserviz_utils.course.steps`` still starts the headless runner of ``make course``
+(:mod:`conserviz_utils.tools.runner`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from conserviz_utils.errors import DataValidationError, ImageLoadError
-from conserviz_utils.files.fileio import atomic_write_json
+from conserviz_utils.errors import DataValidationError
 from conserviz_utils.course.recipe import Recipe
 from conserviz_utils.course.settings import MIN_IMAGES_PER_SPECIES
 
 if TYPE_CHECKING:
     from conserviz_utils.course.settings import CourseSettings
 
-#: Share of the training sites notebook 02 keeps for evaluation.
-EVAL_SHARE = 0.25
+__all__ = [
+    "StageChoice",
+    "best_epoch",
+    "check_training_set",
+    "compare_splits",
+    "embed_images",
+    "embedding_transform",
+    "fine_tune",
+    "holdout_split",
+    "keep_better_stage",
+    "keeps_sites_apart",
+    "make_loaders",
+    "make_optimizer",
+    "score_head",
+    "train_head",
+    "training_ids",
+]
 
-#: The recipe fields the ``CONSERVIZ_*`` settings decide (``Recipe.from_settings``). A checkpoint
-#: is retrained when one of them changes; the other fields are the learner's choices in notebook
-#: 04 (a learning rate, say), which a later notebook keeps rather than undoes.
-SETTINGS_RECIPE_FIELDS = ("arch", "seed", "max_train_images", "head_epochs", "fine_tune_epochs", "batch_size")
-
-
-def note(message: str, verbose: bool = True) -> None:
-    """Say in one line what an ``ensure_*`` step does about a stale artifact (stdout, not a warning)."""
-    if verbose:
-        print(message)
-
-
-def load_course_data(settings: CourseSettings, verbose: bool = True):
-    """Find and load the data of this run: the real competition data, or the synthetic sample.
-
-    Leftovers of killed runs in the output folder (partial caches, temporary files) are removed
-    first, so they neither fill the disk nor pass for artifacts.
-    """
-    from conserviz_utils.data import load_competition, resolve_data_dir
-    from conserviz_utils.course.embeddings import remove_stale_partials
-
-    remove_stale_partials(settings.output_dir, recursive=True)
-    root = settings.data_dir or resolve_data_dir(quick=settings.quick, verbose=verbose)
-    return load_competition(root)
-
-
-def split_fingerprint(split) -> str:
-    """A short digest of a train/eval split (which ids on which side, in order)."""
-    train_ids, eval_ids = split
-    digest = hashlib.blake2b(digest_size=8)
-    for side, ids in (("train", train_ids), ("eval", eval_ids)):
-        digest.update(f"{side}\n".encode())
-        digest.update("\n".join(map(str, ids)).encode())
-    return digest.hexdigest()
-
-
-def splits_provenance(data, seed: int, test_size: float = EVAL_SHARE) -> dict:
-    """The provenance record of ``splits.csv``: the ids, sites and labels, and the split's seed and size."""
-    from conserviz_utils.course.provenance import make_provenance
-
-    return make_provenance(data=data, data_part="labels", settings={"seed": seed, "test_size": test_size})
-
-
-def save_course_splits(data, settings: CourseSettings, split, test_size: float = EVAL_SHARE) -> Path:
-    """Save notebook 02's split as ``splits.csv`` with its provenance sidecar; returns the path.
-
-    Args:
-        split: ``(train_ids, eval_ids)``, e.g. ``split_by_site(..., seed=settings.seed)``.
-        test_size: The eval share it was drawn with.
-    """
-    from conserviz_utils.course.provenance import write_sidecar
-    from conserviz_utils.split import save_splits
-
-    path = save_splits(settings.artifacts.splits, *split)
-    write_sidecar(path, splits_provenance(data, settings.seed, test_size))
-    return path
-
-
-def _edited_split(path: Path, data, expected: dict):
-    """A split the learner edited after it was saved for this very data, or None.
-
-    Raises:
-        DataValidationError: the edited split does not list exactly the data's training ids;
-            rebuilding would silently throw the edit away, so it is refused instead.
-    """
-    from conserviz_utils.course.provenance import file_digest, read_sidecar
-    from conserviz_utils.split import load_splits
-
-    record = read_sidecar(path)
-    if record is None or record.get("format") != expected.get("format"):
-        return None
-    same_data = (record.get("data") or {}).get("fingerprint") == expected["data"]["fingerprint"]
-    edited = record.get("artifact_digest") not in (None, file_digest(path))
-    if not (same_data and edited and record.get("settings") == expected["settings"]):
-        return None
-    split = load_splits(path)  # a broken edit fails here, naming the file and the fix
-    listed = split.train.append(split.eval)
-    wanted = data.train_features.index
-    missing, unknown = wanted.difference(listed), listed.difference(wanted)
-    if len(missing) or len(unknown):
-        problem = (f"{len(missing)} training images are on neither side" if len(missing)
-                   else f"{len(unknown)} ids are not training images of this data")
-        raise DataValidationError(
-            f"{path.name} was edited after it was saved, and now {problem}",
-            path=path,
-            column="id",
-            rows=list(missing if len(missing) else unknown),
-            fix=f"correct the edit so that every training id is on one side, or delete {path.name} "
-            "and rerun notebook 02 to draw the site split again",
-        )
-    return split
-
-
-def ensure_splits(data, settings: CourseSettings, verbose: bool = True):
-    """The site-grouped split notebook 02 saved; drawn again (and saved) when missing or made for other data.
-
-    The split is reused while its provenance record matches this data (the training CSVs'
-    content), the seed and the eval share. A split edited by hand after it was saved for this
-    data is kept (and recorded as it is now); a split for other data — even data that shares
-    its ids — is drawn again, saying so in one line.
-
-    Returns:
-        A ``Split`` (``split.train``, ``split.eval``: id indexes).
-
-    Raises:
-        DataValidationError: an edited split no longer lists exactly this data's training ids.
-    """
-    from conserviz_utils.course.provenance import check_matches, write_sidecar
-    from conserviz_utils.split import load_splits, split_by_site
-
-    path = settings.artifacts.splits
-    expected = splits_provenance(data, settings.seed)
-    ok, reason = check_matches(path, expected)
-    if ok:
-        return load_splits(path)
-    if path.is_file():
-        edited = _edited_split(path, data, expected)
-        if edited is not None:
-            note(f"{path.name} was edited after notebook 02 saved it; using the edited split", verbose)
-            write_sidecar(path, expected)
-            return edited
-        note(f"{reason}; drawing the site split again", verbose)
-    split = split_by_site(data.train_features, data.train_labels, test_size=EVAL_SHARE, seed=settings.seed)
-    save_course_splits(data, settings, split)
-    return split
+#: What :func:`make_optimizer` builds for each stage.
+STAGES = ("head", "fine_tune")
 
 
 def check_training_set(labels, *, species=None) -> None:
@@ -234,19 +115,33 @@ def holdout_split(data, train_ids, recipe: Recipe, by_site: bool = True):
     return split_stratified(labels, test_size=recipe.head_holdout, seed=recipe.seed)
 
 
-def make_optimizer(parameters, name: str, lr: float, weight_decay: float):
-    """The optimizer a recipe names: "adamw" or "sgd" (momentum 0.9, the walkthrough's)."""
+def make_optimizer(parameters, recipe: Recipe, stage: str = "fine_tune"):
+    """The optimizer ``recipe`` names for ``stage``: the one place either stage gets its optimizer.
+
+    Args:
+        parameters: What to optimise, e.g. ``model.parameters()`` or ``model.head.parameters()``.
+        recipe: Its rate and weight decay; for fine-tuning also its optimizer, "adamw" or "sgd"
+            (momentum 0.9, the walkthrough's). The head always trains with AdamW.
+        stage: "head" or "fine_tune".
+    """
     import torch
 
-    if name == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
+    if stage == "head":
+        return torch.optim.AdamW(parameters, lr=recipe.head_lr, weight_decay=recipe.head_weight_decay)
+    if stage != "fine_tune":
+        raise ValueError(f"unknown stage {stage!r}; choose one of: {', '.join(STAGES)}")
+    lr, weight_decay = recipe.fine_tune_lr, recipe.fine_tune_weight_decay
+    if recipe.fine_tune_optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of: adamw, sgd")
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)  # Recipe allows only these two
 
 
 def make_loaders(data, splits, recipe: Recipe, model):
-    """Training loader (augmented unless the recipe says not, shuffled) and evaluation loader."""
+    """Training loader (augmented unless the recipe says not, shuffled) and evaluation loader.
+
+    Notebook 04 builds the same two loaders in a cell of its own, to show the learner the
+    ``ImagesDataset`` and ``make_loader`` calls; keep the two in step.
+    """
     from conserviz_utils.data import (
         ImagesDataset,
         default_transform,
@@ -298,41 +193,41 @@ def embed_images(model, features, settings: CourseSettings, progress: bool = Tru
     )
 
 
-def _fit_head(head, embeddings, data, train_ids, recipe: Recipe, by_site: bool, progress: bool):
-    """Train ``head`` on the recipe's training images, early-stopping on held-out training sites."""
-    import torch
+def train_head(head, embeddings, data, train_ids, recipe: Recipe, *, by_site: bool = True, progress: bool = True):
+    """Stage 1, the fast path: train ``head`` on the cached embeddings of ``train_ids``, in place.
 
+    The recipe caps and checks the training images (:func:`training_ids`); early stopping
+    (``recipe.head_patience``) watches a held-out slice of them (:func:`holdout_split`), so the
+    eval images stay unseen until :func:`score_head` scores the kept head on them. The optimizer is
+    the recipe's (:func:`make_optimizer`), the loop ``fit_head`` (``conserviz_utils/course/features.py``).
+
+    Args:
+        head: The head to train, e.g. ``model.head``.
+        train_ids: The training side of the split, e.g. ``split.train``.
+        by_site: Hold out whole training sites (as the site split does); False: a stratified
+            slice, for a split that ignores sites.
+
+    Returns:
+        The head's training history (one row per batch; "eval" rows per epoch are the held-out
+        training images).
+    """
     from conserviz_utils.course.features import fit_head
 
     train_ids = training_ids(train_ids, data.train_labels, recipe)
     fit_ids, watch_ids = holdout_split(data, train_ids, recipe, by_site)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=recipe.head_lr, weight_decay=recipe.head_weight_decay)
     return fit_head(
         head,
         embeddings.select(fit_ids),
         data.train_labels.loc[fit_ids],
         embeddings.select(watch_ids),
         data.train_labels.loc[watch_ids],
-        optimizer=optimizer,
+        optimizer=make_optimizer(head.parameters(), recipe, stage="head"),
         epochs=recipe.head_epochs,
         batch_size=recipe.head_batch_size,
         early_stopping=recipe.head_patience,
         seed=recipe.seed,
         progress=progress,
     )
-
-
-def train_head(model, embeddings, data, splits, recipe: Recipe, progress: bool = True):
-    """Stage 1, the fast path: train ``model.head`` on cached embeddings of the training sites.
-
-    Early stopping watches a held-out slice of the training sites (:func:`holdout_split`), so
-    the eval images stay unseen until :func:`score_head` scores the kept head on them.
-
-    Returns:
-        The head's training history (one row per batch; "eval" rows per epoch are the held-out
-        training sites).
-    """
-    return _fit_head(model.head, embeddings, data, splits[0], recipe, by_site=True, progress=progress)
 
 
 def score_head(head, embeddings, data, ids) -> dict:
@@ -377,14 +272,8 @@ def compare_splits(model, embeddings, data, splits_by_name, recipe: Recipe):
     for name, split in splits_by_name.items():
         train_ids, eval_ids = split
         head = copy.deepcopy(model.head)
-        # The same seeded start for every split (and every run), leaving the caller's RNG as it was.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(recipe.seed)
-            for layer in head.modules():
-                if hasattr(layer, "reset_parameters"):
-                    layer.reset_parameters()
         by_site = keeps_sites_apart(data.train_features, split)
-        _fit_head(head, embeddings, data, train_ids, recipe, by_site=by_site, progress=False)
+        train_head(head, embeddings, data, train_ids, recipe, by_site=by_site, progress=False)
         scores = score_head(head, embeddings, data, eval_ids)
         rows[name] = {"eval accuracy": scores["accuracy"], "eval log loss": scores["log_loss"]}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("split")
@@ -396,30 +285,44 @@ def fine_tune(
     eval_loader,
     recipe: Recipe,
     *,
+    device="auto",
     resume_path: Path | None = None,
     resume: bool = False,
     progress: bool = True,
 ):
-    """Stage 2: unfreeze the whole network and train it end to end at the recipe's low rate.
+    """Stage 2: unfreeze the whole network and train it with ``fit`` at the recipe's low rate.
 
-    The low rate keeps the pretrained features from being wrecked in the first batches; early
-    stopping on eval log loss keeps the best epoch. Stopped (Ctrl-C, the notebook's stop button,
-    SIGTERM), it saves its state to ``resume_path`` at the next batch boundary; ``resume=True``
-    continues from there.
+    The optimizer is the recipe's (:func:`make_optimizer`: AdamW, or SGD), its rate low so the
+    pretrained features are adjusted rather than wrecked; early stopping
+    (``recipe.fine_tune_patience``) on eval log loss keeps the best epoch. Stopped (Ctrl-C, the
+    notebook's stop button, SIGTERM), it saves its state to ``resume_path`` at the next batch
+    boundary; ``resume=True`` continues from there. The loop is ``fit`` in ``conserviz_utils/train.py``.
+
+    Args:
+        model: The model to train, or under torchrun the model wrapped by
+            ``distributed.wrap_model`` (unfrozen before wrapping, since DistributedDataParallel
+            syncs only the parameters that train when it is built).
+        device: Where to train ("auto", "cpu", "cuda", or the device ``setup_distributed`` gave).
+
+    Returns:
+        ``fit``'s history.
     """
     from conserviz_utils.models import unfreeze
+    from conserviz_utils.runtime.distributed import unwrap_model
     from conserviz_utils.train import fit
 
-    unfreeze(model)
-    optimizer = make_optimizer(
-        model.parameters(), recipe.fine_tune_optimizer, recipe.fine_tune_lr, recipe.fine_tune_weight_decay
-    )
+    bare = unwrap_model(model)
+    if bare is not model and not all(parameter.requires_grad for parameter in model.parameters()):
+        raise ValueError("unfreeze(model) before wrapping it: DistributedDataParallel syncs only the "
+                         "parameters that train when it is built")
+    unfreeze(bare)
     return fit(
         model,
         train_loader,
         eval_loader,
         epochs=recipe.fine_tune_epochs,
-        optimizer=optimizer,
+        optimizer=make_optimizer(model.parameters(), recipe),
+        device=device,
         early_stopping=recipe.fine_tune_patience,
         checkpoint_path=resume_path,
         resume_from=resume_path if resume and resume_path and Path(resume_path).is_file() else None,
@@ -470,415 +373,6 @@ def keep_better_stage(model, head_state, head_log_loss: float, fine_tune_history
     if not keep_tuned:
         model.load_state_dict(head_state)
     return StageChoice("fine-tuned" if keep_tuned else "head-only", float(head_log_loss), tuned)
-
-
-def train_default_recipe(
-    data,
-    splits,
-    settings: CourseSettings,
-    progress: bool = True,
-    pretrained: bool = True,
-    recipe: Recipe | None = None,
-):
-    """The course's default recipe: head on cached embeddings, then (if asked) a short fine-tune.
-
-    Keeps whichever stage scored the lower eval log loss (:func:`keep_better_stage`), and saves
-    it as the run's checkpoint with the recipe and the provenance record beside it
-    (:func:`save_course_checkpoint`).
-
-    Args:
-        pretrained: Start from ImageNet weights (False: random weights, for fast tests).
-        recipe: The hyperparameters; default ``Recipe.from_settings(settings)``.
-
-    Returns:
-        (model, {"head": head history, "fine_tune": fine-tune history or None, "choice": StageChoice}).
-    """
-    import copy
-
-    from conserviz_utils.models import build_model
-
-    recipe = Recipe.from_settings(settings) if recipe is None else recipe
-    artifacts = settings.artifacts
-    model = build_model(recipe.arch, pretrained=pretrained, seed=recipe.seed, progress=progress)
-    embeddings = embed_images(model, data.train_features, settings, progress=progress)
-    head_history = train_head(model, embeddings, data, splits, recipe, progress=progress)
-    head_scores = score_head(model.head, embeddings, data, splits[1])
-    head_state = copy.deepcopy(model.state_dict())
-    tuned_history = None
-    if recipe.fine_tune_epochs > 0:
-        train_loader, eval_loader = make_loaders(data, splits, recipe, model)
-        tuned_history = fine_tune(
-            model, train_loader, eval_loader, recipe, resume_path=artifacts.resume, progress=progress
-        )
-    choice = keep_better_stage(model, head_state, head_scores["log_loss"], tuned_history)
-    save_course_checkpoint(model, choice, data, splits, settings, recipe, pretrained=pretrained)
-    return model, {"head": head_history, "fine_tune": tuned_history, "choice": choice}
-
-
-def checkpoint_provenance(data, splits, recipe: Recipe, pretrained: bool = True, *, extra: dict | None = None) -> dict:
-    """The provenance record of ``model.pt``: the training data, the split, the settings' recipe fields.
-
-    Compared: the fingerprint of the training CSVs and images (an edited label or a replaced
-    image retrains), the split (:func:`split_fingerprint`), the recipe fields the settings
-    decide (:data:`SETTINGS_RECIPE_FIELDS`, e.g. the architecture) and ``pretrained``. The whole
-    recipe and the kept stage go in ``extra``: recorded, not compared.
-    """
-    from conserviz_utils.course.provenance import make_provenance
-
-    compared = {name: getattr(recipe, name) for name in SETTINGS_RECIPE_FIELDS}
-    compared.update(pretrained=bool(pretrained), split=split_fingerprint(splits))
-    return make_provenance(data=data, data_part="train", settings=compared, extra=extra)
-
-
-def save_course_checkpoint(
-    model,
-    choice: StageChoice,
-    data,
-    splits,
-    settings: CourseSettings,
-    recipe: Recipe,
-    *,
-    pretrained: bool = True,
-) -> Path:
-    """Save the kept model as the run's ``model.pt``, its ``recipe.json``, and the provenance record.
-
-    What notebook 04 saves and 05 and 06 read: the checkpoint's ``extra`` holds the recipe and
-    the kept stage (which tells 05 and 06 whether cached embeddings still apply), its metrics
-    the eval log loss the stage was chosen by.
-
-    Returns:
-        The checkpoint's path.
-    """
-    from conserviz_utils.runtime.checkpoint import save_checkpoint
-    from conserviz_utils.course.provenance import write_sidecar
-
-    artifacts = settings.artifacts
-    path = save_checkpoint(
-        artifacts.checkpoint,
-        model,
-        metrics={"eval_log_loss": choice.log_loss},
-        extra={"recipe": recipe.to_dict(), "stage": choice.stage, "pretrained": bool(pretrained)},
-    )
-    recipe.save(artifacts.recipe)
-    record = checkpoint_provenance(
-        data, splits, recipe, pretrained, extra={"recipe": recipe.to_dict(), "stage": choice.stage}
-    )
-    write_sidecar(path, record)
-    return path
-
-
-def _checkpoint_is_current(path: Path, expected: dict, recipe: Recipe | None) -> tuple[bool, str]:
-    """Whether ``model.pt`` matches ``expected`` (and, for an explicit recipe, was trained with all of it)."""
-    from conserviz_utils.course.provenance import check_matches, read_sidecar
-
-    ok, reason = check_matches(path, expected)
-    if ok and recipe is not None:
-        saved = ((read_sidecar(path) or {}).get("extra") or {}).get("recipe")
-        if saved != recipe.to_dict():
-            changed = sorted(k for k, v in recipe.to_dict().items() if (saved or {}).get(k) != v)
-            return False, f"{path.name} was trained with another recipe ({', '.join(changed)} differ)"
-    return ok, reason
-
-
-def ensure_checkpoint(
-    data,
-    splits,
-    settings: CourseSettings,
-    recipe: Recipe | None = None,
-    *,
-    pretrained: bool = True,
-    verbose: bool = True,
-) -> Path:
-    """The checkpoint notebook 04 saved; trained with the default recipe when missing or made from other inputs.
-
-    ``model.pt`` is reused while its provenance record matches (:func:`checkpoint_provenance`):
-    this data, this split, the recipe fields the settings decide. Otherwise it is trained again,
-    saying why in one line. A model that notebook 04 trained with a changed learning rate (or
-    any other field the settings do not decide) is kept; pass ``recipe`` to require all of it.
-
-    Args:
-        recipe: Train with (and require) this recipe; default ``Recipe.from_settings(settings)``,
-            of which only :data:`SETTINGS_RECIPE_FIELDS` are compared.
-        pretrained: Start from ImageNet weights (False for fast tests).
-        verbose: Print the one line that says why the model is (re)trained.
-    """
-    path = settings.artifacts.checkpoint
-    compared_recipe = Recipe.from_settings(settings) if recipe is None else recipe
-    expected = checkpoint_provenance(data, splits, compared_recipe, pretrained)
-    ok, reason = _checkpoint_is_current(path, expected, recipe)
-    if ok:
-        return path
-    if path.is_file():
-        note(f"{reason}; retraining", verbose)
-    else:
-        note(f"{path.name} does not exist yet (notebook 04 not run here); training the default recipe", verbose)
-    train_default_recipe(data, splits, settings, progress=False, pretrained=pretrained, recipe=recipe)
-    return path
-
-
-def prediction_loader(model, features, settings: CourseSettings):
-    """A loader over ``features``' images in ``model``'s input format, without augmentation."""
-    from conserviz_utils.data import ImagesDataset, make_loader
-
-    dataset = ImagesDataset(features, transform=embedding_transform(model.arch))
-    return make_loader(dataset, batch_size=2 * settings.batch_size)
-
-
-def _species_of(checkpoint: dict | None, data) -> list[str]:
-    """The species order of a checkpoint's logits (the data's when the checkpoint does not say)."""
-    return list((checkpoint or {}).get("species") or data.species)
-
-
-def _checkpoint_note(settings: CourseSettings, checkpoint: dict | None) -> dict:
-    """What a predictions record says about the checkpoint it came from (informative only)."""
-    checkpoint = checkpoint or {}
-    return {
-        "checkpoint": str(settings.artifacts.checkpoint),
-        "checkpoint_saved_at": checkpoint.get("saved_at"),
-        "stage": (checkpoint.get("extra") or {}).get("stage"),
-    }
-
-
-def eval_logits(model, checkpoint: dict | None, data, splits, settings: CourseSettings, *, progress: bool = True,
-                verbose: bool = True):
-    """The kept model's logits on the eval images, computed once.
-
-    Read from ``outputs/predictions/eval_logits.csv`` while its record matches this model's
-    weights, these images and this data. Otherwise computed: when the checkpoint kept the
-    head-only stage, its backbone is the frozen one notebook 04 embedded every training image
-    with, so the logits are the head over those cached embeddings (milliseconds); else the model
-    runs over the eval images. Either way the result is written for the next run.
-
-    Args:
-        model: The model of the checkpoint (``load_checkpoint``'s first value).
-        checkpoint: Its dictionary (``load_checkpoint``'s second value): the stage and species.
-        splits: The split whose eval side is predicted.
-
-    Returns:
-        Float64 logits indexed by id, one column per species.
-    """
-    from conserviz_utils.course.predictions import (
-        cached_logits,
-        embed_and_predict,
-        find_cached_embeddings,
-        head_logits,
-        uses_frozen_backbone,
-    )
-    from conserviz_utils.train import predict_logits
-
-    eval_ids = splits[1]
-    species = _species_of(checkpoint, data)
-    features = data.train_features.loc[eval_ids]
-    transform = embedding_transform(model.arch)
-
-    def compute():
-        if uses_frozen_backbone(checkpoint):
-            found = find_cached_embeddings(model, data.train_features, eval_ids,
-                                           cache_dir=settings.artifacts.features, transform=transform)
-            if found is not None:
-                return head_logits(model, found, species), "the head over cached embeddings"
-            logits = embed_and_predict(model, features, species, cache_dir=settings.artifacts.features,
-                                       transform=transform, batch_size=2 * settings.batch_size, progress=progress)
-            return logits, "the head over newly cached embeddings"
-        loader = prediction_loader(model, features, settings)
-        return predict_logits(model, loader, species=species, progress=progress), "the model over the images"
-
-    return cached_logits(settings.artifacts.eval_logits, model, data, "train", eval_ids, species, compute,
-                         extra=_checkpoint_note(settings, checkpoint), say=print if verbose else None)
-
-
-def test_logits(model, checkpoint: dict | None, data, settings: CourseSettings, *, progress: bool = True,
-                verbose: bool = True):
-    """The kept model's logits on the test images, computed once (see :func:`eval_logits`).
-
-    Cached in ``outputs/predictions/test_logits.csv``; a head-only checkpoint embeds the test
-    images once with its frozen backbone (cached under ``outputs/features``) and applies the head.
-    """
-    from conserviz_utils.course.predictions import (
-        cached_logits,
-        embed_and_predict,
-        uses_frozen_backbone,
-    )
-    from conserviz_utils.train import predict_logits
-
-    features = data.test_features
-    species = _species_of(checkpoint, data)
-
-    def predict_test_images():
-        if uses_frozen_backbone(checkpoint):
-            logits = embed_and_predict(model, features, species, cache_dir=settings.artifacts.features,
-                                       transform=embedding_transform(model.arch),
-                                       batch_size=2 * settings.batch_size, progress=progress)
-            return logits, "the head over cached embeddings"
-        loader = prediction_loader(model, features, settings)
-        return predict_logits(model, loader, species=species, progress=progress), "the model over the images"
-
-    def compute():
-        try:
-            return predict_test_images()
-        except ImageLoadError as exc:
-            # The generic fix offers to drop the image's CSV row; a submission needs every test row.
-            raise ImageLoadError(
-                f"a test image cannot be read: {exc.problem}", path=exc.path, rows=exc.rows,
-                fix="extract it again from competition.zip (or rebuild the sample with `make sample`); every "
-                "test image needs a row in the submission, so its row cannot be left out",
-            ) from None
-
-    return cached_logits(settings.artifacts.test_logits, model, data, "test", features.index, species, compute,
-                         extra=_checkpoint_note(settings, checkpoint), say=print if verbose else None)
-
-
-# Named for the test images, not a test: pytest must not collect it where a test module imports it.
-test_logits.__test__ = False
-
-
-def headline_metrics(logits, data, splits) -> dict:
-    """Accuracy and log loss of eval logits, before and after temperature scaling, with baselines.
-
-    The temperature is fitted on these same eval images, so the calibrated log loss is slightly
-    optimistic; the test set gets the temperature, not the optimism.
-    """
-    from conserviz_utils.metrics import (
-        accuracy,
-        apply_temperature,
-        fit_temperature,
-        log_loss,
-        majority_baseline,
-        uniform_baseline,
-    )
-
-    train_ids, _ = splits
-    eval_labels = data.train_labels.loc[logits.index]
-    probs = apply_temperature(logits, 1.0)
-    temperature = fit_temperature(eval_labels, logits)
-    majority = majority_baseline(data.train_labels.loc[train_ids], eval_labels)
-    return {
-        "data": "synthetic sample" if data.is_sample else "competition data",
-        "eval_images": len(eval_labels),
-        "accuracy": accuracy(eval_labels, probs),
-        "log_loss": log_loss(eval_labels, probs),
-        "temperature": temperature,
-        "calibrated_log_loss": log_loss(eval_labels, apply_temperature(logits, temperature)),
-        "majority_accuracy": majority["accuracy"],
-        "majority_log_loss": majority["log_loss"],
-        "uniform_log_loss": uniform_baseline(eval_labels)["log_loss"],
-    }
-
-
-def _evaluate(checkpoint_path: Path, data, splits, settings: CourseSettings, progress: bool) -> dict:
-    """`headline_metrics` of the checkpoint at ``checkpoint_path``, reloaded from disk."""
-    from conserviz_utils.runtime.checkpoint import load_checkpoint
-
-    model, checkpoint = load_checkpoint(checkpoint_path)
-    logits = eval_logits(model, checkpoint, data, splits, settings, progress=progress, verbose=False)
-    return headline_metrics(logits, data, splits)
-
-
-def evaluate_checkpoint(data, splits, settings: CourseSettings, progress: bool = True) -> dict:
-    """Reload the saved checkpoint (never an in-memory model) and compute `headline_metrics`."""
-    return _evaluate(ensure_checkpoint(data, splits, settings), data, splits, settings, progress)
-
-
-def metrics_provenance(data, splits, checkpoint_path: Path) -> dict:
-    """The provenance record of ``metrics.json``: the data, the split and the checkpoint it scored."""
-    from conserviz_utils.course.provenance import make_provenance
-
-    return make_provenance(data=data, data_part="train", settings={"split": split_fingerprint(splits)},
-                           inputs={"model.pt": checkpoint_path})
-
-
-def save_metrics(settings: CourseSettings, metrics: dict, *, data=None, splits=None) -> Path:
-    """Write the headline figures for notebook 06 and ``make course``, atomically.
-
-    With ``data`` and ``splits`` (what notebook 05 scored ``settings.artifacts.checkpoint`` on),
-    the provenance record goes beside it, so notebook 06 reuses the figures (and their
-    temperature) only while they belong to this checkpoint and this data.
-    """
-    if (data is None) != (splits is None):
-        raise ValueError("pass data and splits together (what the metrics were computed on), or neither")
-    path = atomic_write_json(settings.artifacts.metrics, metrics, what="metrics")
-    if data is not None:
-        from conserviz_utils.course.provenance import write_sidecar
-
-        write_sidecar(path, metrics_provenance(data, splits, settings.artifacts.checkpoint))
-    return path
-
-
-def _read_metrics(path: Path) -> dict | None:
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return metrics if isinstance(metrics, dict) and "temperature" in metrics else None
-
-
-def ensure_metrics(data, splits, settings: CourseSettings, verbose: bool = True) -> dict:
-    """The figures notebook 05 saved; computed again when missing, unreadable, or made from another checkpoint or data.
-
-    The checkpoint is ensured first (:func:`ensure_checkpoint`), so the figures, and the
-    temperature notebook 06 divides by, always belong to the model 06 predicts with.
-    """
-    from conserviz_utils.course.provenance import check_matches
-
-    checkpoint = ensure_checkpoint(data, splits, settings, verbose=verbose)
-    path = settings.artifacts.metrics
-    ok, reason = check_matches(path, metrics_provenance(data, splits, checkpoint))
-    if ok:
-        metrics = _read_metrics(path)
-        if metrics is not None:
-            return metrics
-        reason = f"{path.name} cannot be read"
-    if path.exists():
-        note(f"{reason}; computing it again", verbose)
-    metrics = _evaluate(checkpoint, data, splits, settings, progress=False)
-    save_metrics(settings, metrics, data=data, splits=splits)
-    return metrics
-
-
-def submission_provenance(data, settings: CourseSettings, temperature: float, checkpoint: dict | None = None) -> dict:
-    """The provenance record of ``submission.csv``: the test data, the checkpoint and the temperature."""
-    from conserviz_utils.course.provenance import (
-        artifact_fingerprint,
-        describe_data,
-        make_provenance,
-    )
-
-    checkpoint_path = settings.artifacts.checkpoint
-    inputs = {"model.pt": checkpoint_path} if checkpoint_path.is_file() else {}
-    about = {
-        "path": str(checkpoint_path),
-        "digest": artifact_fingerprint(checkpoint_path) if checkpoint_path.is_file() else None,
-        **{key: (checkpoint or {}).get(key) for key in ("arch", "saved_at")},
-        "stage": ((checkpoint or {}).get("extra") or {}).get("stage"),
-    }
-    return make_provenance(
-        data=data,
-        data_part="test",
-        settings={"temperature": float(temperature)},
-        inputs=inputs,
-        extra={"checkpoint": about, "temperature": float(temperature), "data": describe_data(data)},
-    )
-
-
-def save_submission(submission, data, settings: CourseSettings, *, temperature: float,
-                    checkpoint: dict | None = None) -> Path:
-    """Validate and write ``submission.csv``, with a sidecar naming the checkpoint, temperature and data.
-
-    Args:
-        submission: The frame ``make_submission`` built.
-        temperature: The calibration temperature its probabilities were divided by.
-        checkpoint: The checkpoint dictionary (``load_checkpoint``'s second value), for the
-            architecture and stage the sidecar records.
-
-    Returns:
-        The path written (``settings.artifacts.submission``).
-    """
-    from conserviz_utils.course.provenance import write_sidecar
-    from conserviz_utils.submission import write_submission
-
-    path = write_submission(submission, settings.artifacts.submission, data.submission_format)
-    write_sidecar(path, submission_provenance(data, settings, temperature, checkpoint))
-    return path
 
 
 if __name__ == "__main__":

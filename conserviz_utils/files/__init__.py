@@ -1,1 +1,1 @@
-"""Reading and writing the course's files safely: image decoding, the pre-resized image cache, atomic writes."""
+"""The course's files: the competition folder checked, images decoded and cached, writes made atomic."""

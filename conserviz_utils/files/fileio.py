@@ -44,12 +44,12 @@ def write_failure_fix(err: OSError, folder: Path) -> str:
     return f"check that {folder} exists and is writable, then run again"
 
 
-def temp_path_for(path: Path) -> Path:
+def _temp_path_for(path: Path) -> Path:
     """A fresh temporary path beside ``path`` that names this process."""
     return path.parent / f"{TEMP_PREFIX}{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
 
 
-def fsync_folder(folder: Path) -> None:
+def _fsync_folder(folder: Path) -> None:
     """Flush a folder's entry table, so a rename survives a power cut (best effort)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -98,7 +98,7 @@ def atomic_writer(
             path=target,
             fix=write_failure_fix(err, target.parent),
         ) from None
-    temp = temp_path_for(target)
+    temp = _temp_path_for(target)
     try:
         kwargs = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
         with open(temp, mode, **kwargs) as handle:
@@ -121,7 +121,7 @@ def atomic_writer(
             temp.unlink()
         raise
     if durable:
-        fsync_folder(target.parent)
+        _fsync_folder(target.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "file", durable: bool = True) -> Path:

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from conserviz_utils.errors import ConservizError, ImageLoadError
 from conserviz_utils.files.fileio import atomic_writer
 from conserviz_utils.files.images import as_size, check_image_file, open_image
+from conserviz_utils.runtime.cpu import available_cpus
 
 __all__ = ["DEFAULT_CACHE_DIR", "CacheReport", "ImageCache"]
 
@@ -178,7 +179,7 @@ class ImageCache:
                 reused += 1
             else:
                 todo.append((source, entry))
-        n_workers = max(1, min(workers or _available_cpus(), len(todo) or 1))
+        n_workers = max(1, min(workers or available_cpus(), len(todo) or 1))
 
         def build_one(item: tuple[str, Path]) -> tuple[str, str | None]:
             source, entry = item
@@ -238,12 +239,4 @@ class ImageCache:
                 fix="make the cache folder writable, or pass another root to ImageCache",
             ) from exc
         return pixels
-
-
-def _available_cpus() -> int:
-    """CPU cores this process may use (respects affinity masks, e.g. in containers)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
 

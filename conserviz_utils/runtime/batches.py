@@ -20,7 +20,7 @@ def raise_load_error(batch: Any) -> None:
     """Raise the `ImageLoadError` a loader worker sent in place of a batch (see `data.collate_images`)."""
     parts = batch.get("load_error") if isinstance(batch, Mapping) else None
     if parts:
-        raise ImageLoadError(parts["problem"], path=parts.get("path"), rows=parts.get("rows"), fix=parts.get("fix"))
+        raise ImageLoadError(**parts)  # the parts of `ConservizError.as_data`
 
 
 def check_batch(batch: Any, need_labels: bool) -> None:

@@ -42,7 +42,9 @@ CHECKPOINT_FORMAT = "conserviz-checkpoint"
 #: Bumped when the layout changes incompatibly; older readers refuse newer files.
 CHECKPOINT_VERSION = 1
 
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# torch's wordings of "this pickle names a global it will not import": "Unsupported global: GLOBAL
+# x.y" and, from torch 2.6 on, "Trying to load unsupported GLOBAL x.y whose module x is blocked".
+_UNSUPPORTED_GLOBAL = re.compile(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)")
 # Globals that mean "somebody pickled a whole model", as the walkthrough's torch.save(model) does.
 _MODULE_PREFIXES = ("torch.nn.modules.", "torchvision.models.", "conserviz_utils.models.", "efficientnet")
 
@@ -247,6 +249,13 @@ def _refusal(err: Exception, path: Path, is_zip: bool) -> CheckpointError:
         return CheckpointError(
             f"refused: this file holds pickled Python objects ({name}) that would run code "
             "when loaded; conserviz only loads checkpoints made of weights and plain values",
+            path=path,
+            fix="do not load files you did not create; save checkpoints with save_checkpoint",
+        )
+    if "Weights only load failed" in message and "GLOBAL" in message:  # a global torch words otherwise
+        return CheckpointError(
+            "refused: this file holds pickled Python objects that would run code when loaded; "
+            "conserviz only loads checkpoints made of weights and plain values",
             path=path,
             fix="do not load files you did not create; save checkpoints with save_checkpoint",
         )

@@ -53,7 +53,6 @@ __all__ = [
     "is_main_process",
     "launched_by_torchrun",
     "local_rank",
-    "mean_across_ranks",
     "rank",
     "setup_distributed",
     "teardown_distributed",
@@ -328,7 +327,7 @@ def distributed_loader(
         drop_last: Drop the tail of the dataset that does not divide evenly among the processes,
             instead of repeating items.
     """
-    from conserviz_utils.data import collate_images, default_num_workers
+    from conserviz_utils.data import default_num_workers, make_loader
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -340,19 +339,7 @@ def distributed_loader(
         # The processes on one machine share its cores.
         local_processes = max(_env_int("LOCAL_WORLD_SIZE", 1), 1)
         num_workers = default_num_workers() // local_processes if local_processes > 1 else default_num_workers()
-    if device == "auto":
-        pin_memory = torch.cuda.is_available()
-    else:
-        pin_memory = device is not None and torch.device(device).type == "cuda"
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate_images,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-    )
+    return make_loader(dataset, batch_size, num_workers=num_workers, device=device, seed=seed, sampler=sampler)
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,12 +375,6 @@ def any_rank(flag: bool) -> bool:
     value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
-
-
-def mean_across_ranks(value: float) -> float:
-    """The mean of a number over all ranks (e.g. the training loss of a global batch)."""
-    values = gather_objects(float(value))
-    return float(sum(values) / len(values))
 
 
 def gather_predictions(

@@ -1,10 +1,21 @@
-"""Stop at a batch boundary, not half-way through an update: SIGINT and SIGTERM during training."""
+"""Stop at a batch boundary, not half-way through an update: SIGINT and SIGTERM during training.
+
+The loop in :mod:`conserviz_utils.train` (notebook 04) runs inside :class:`StopSignals`; a request
+to stop becomes :class:`StopRequested` at the next batch boundary (see
+:mod:`conserviz_utils.runtime.session`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
+
+
+class StopRequested(Exception):
+    """A signal asked training to stop; raised at a batch boundary, where the weights are consistent."""
 
 
 class StopSignals:
@@ -12,8 +23,8 @@ class StopSignals:
 
     Installed only for the duration of ``fit`` and only in the main thread (Python delivers
     signals there only); the previous handlers are put back afterwards. A second SIGINT raises
-    KeyboardInterrupt at once, except during an optimizer step, which always completes so the
-    weights stay consistent.
+    KeyboardInterrupt at once, except inside :meth:`uninterruptible` (an optimizer step), which
+    always completes so the weights stay consistent.
     """
 
     def __init__(self) -> None:
@@ -36,6 +47,15 @@ class StopSignals:
             signal.signal(signum, previous)
         self._previous.clear()
 
+    @contextlib.contextmanager
+    def uninterruptible(self) -> Iterator[None]:
+        """Within this block a second Ctrl-C does not raise: what it changes, changes together."""
+        self.in_update = True
+        try:
+            yield
+        finally:
+            self.in_update = False
+
     def _handle(self, signum: int, frame: object) -> None:
         if self.requested is None:
             self.requested = signal.Signals(signum).name
@@ -43,4 +63,4 @@ class StopSignals:
             raise KeyboardInterrupt
 
 
-__all__ = ["StopSignals"]
+__all__ = ["StopRequested", "StopSignals"]

@@ -4,6 +4,10 @@
 `PredictionExplorer` (notebook 05): pick a true species, a predicted species and a site, and see
 the matching eval images, most confident first, each with a bar of its eight probabilities.
 
+Colours and marks are colour-blind-safe (`conserviz_utils.palette`): the true species and a wrong
+prediction differ in colour, in a mark (✓ / ✗) and in words; dark night frames are brightened
+for display only.
+
 The filtering is in plain functions, `filter_images` and `filter_predictions`, so it can be
 tested and reused without a browser; the widget classes only wire ipywidgets to them.
 """
@@ -16,11 +20,18 @@ import io
 import ipywidgets as widgets
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from conserviz_utils.errors import DataValidationError, ImageLoadError
 from conserviz_utils.files.images import open_image
-from conserviz_utils.labels import species_names
 from conserviz_utils.metrics import check_argument_order
+from conserviz_utils.palette import (
+    NEUTRAL_COLOUR,
+    RIGHT_COLOUR,
+    WRONG_COLOUR,
+    stretch_for_display,
+)
+from conserviz_utils.plot_inputs import check_probs, unique_label_names
 from conserviz_utils.split import species_order
 
 #: The dropdown entry that matches every species or site.
@@ -30,22 +41,11 @@ ALL = "all"
 BROWSER_IMAGE_SIDE = 480
 
 
-def _label_names(labels: pd.DataFrame | pd.Series) -> pd.Series:
-    """One species name per image id (the labels module's rule), refusing repeated ids."""
-    names = species_names(labels, species=None).astype(str)
-    if names.index.has_duplicates:
-        raise DataValidationError(
-            "labels list some ids more than once",
-            rows=names.index[names.index.duplicated()].unique(),
-            fix="keep one label row per image id",
-        )
-    return names
-
-
 def _jpeg_thumbnail(path, side: int) -> bytes:
-    """The image at ``path`` as JPEG bytes, its longest side at most ``side`` pixels."""
+    """The image at ``path`` as JPEG bytes, longest side at most ``side``; a dark one brightened."""
     picture = open_image(path)
     picture.thumbnail((side, side))
+    picture = Image.fromarray(stretch_for_display(np.asarray(picture)))
     buffer = io.BytesIO()
     picture.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
@@ -79,7 +79,7 @@ def filter_images(
         )
     table = features[["path", "site"]].copy()
     if labels is not None:
-        names = _label_names(labels)
+        names = unique_label_names(labels)
         unlabelled = table.index.difference(names.index)
         if len(unlabelled):
             raise DataValidationError(
@@ -208,6 +208,12 @@ EXPLORER_IMAGE_SIDE = 240
 #: Images shown at once by the prediction explorer; a slider pages through the rest.
 EXPLORER_PER_PAGE = 6
 
+#: Width in pixels of a probability of 1 in the explorer's bars (name, bar and value fit a card).
+BAR_WIDTH = 80
+
+#: Text size of the explorer's captions and bars: about 10 pt.
+CAPTION_FONT = "13px"
+
 #: The heading above notebook 05's confusion matrix ("### The confusion matrix") as a link
 #: target: JupyterLab names each markdown heading by its text, spaces replaced by dashes.
 CONFUSION_MATRIX_ANCHOR = "The-confusion-matrix"
@@ -215,18 +221,9 @@ CONFUSION_MATRIX_ANCHOR = "The-confusion-matrix"
 
 def _probability_table(probs: pd.DataFrame) -> pd.DataFrame:
     """The probabilities as floats, refusing what is not a frame of numbers indexed by id."""
-    if not isinstance(probs, pd.DataFrame) or probs.shape[1] < 2:
-        raise DataValidationError(
-            "probabilities must be a DataFrame indexed by id with one column per species",
-            fix="pass the eval probabilities, e.g. apply_temperature(logits, 1.0)",
-        )
-    non_numeric = [c for c in probs.columns if not pd.api.types.is_numeric_dtype(probs[c])]
-    if non_numeric:
-        raise DataValidationError(
-            "probabilities must be numbers",
-            column=str(non_numeric[0]),
-            fix="pass one numeric column of probabilities per species",
-        )
+    check_probs(
+        probs, fix="pass the eval probabilities, e.g. apply_temperature(logits, 1.0)", min_columns=2
+    )
     if probs.index.has_duplicates:
         raise DataValidationError(
             "probabilities list some ids more than once",
@@ -275,7 +272,7 @@ def prediction_table(
             rows=features.index[features.index.duplicated()].unique(),
             fix="keep one row per image id",
         )
-    names = _label_names(labels)
+    names = unique_label_names(labels)
     unlabelled = probs.index.difference(names.index)
     if len(unlabelled):
         raise DataValidationError(
@@ -337,29 +334,35 @@ def filter_predictions(
 
 
 def probability_bars_html(probabilities: pd.Series, true_species: str) -> str:
-    """An HTML bar chart of one image's probabilities, the true species in green.
+    """An HTML bar chart of one image's probabilities: ✓ the true species, ✗ a wrong prediction.
 
-    The most probable species is drawn in green when it is the true one, else in red; the
-    species keep the order of ``probabilities`` (the probability columns), so bars line up
-    from one image to the next.
+    The true species is drawn in `RIGHT_COLOUR` with ✓, the most probable species, when it is
+    not the true one, in `WRONG_COLOUR` with ✗, the rest in grey; a key above the bars says so
+    in words, so no colour carries the meaning alone. The species keep the order of
+    ``probabilities`` (the probability columns), so bars line up from one image to the next.
     """
     predicted = str(probabilities.idxmax())
-    rows = []
+    rows = [
+        f'<div style="font-size:{CAPTION_FONT}">'
+        f'<span style="color:{RIGHT_COLOUR}">✓ true species</span> · '
+        f'<span style="color:{WRONG_COLOUR}">✗ wrong prediction</span></div>'
+    ]
     for species, p in probabilities.items():
         species = str(species)
         if species == true_species:
-            colour = "#2e7d32"
+            colour, mark = RIGHT_COLOUR, "✓"
         elif species == predicted:
-            colour = "#c62828"
+            colour, mark = WRONG_COLOUR, "✗"
         else:
-            colour = "#90a4ae"
-        weight = "bold" if species in (true_species, predicted) else "normal"
+            colour, mark = NEUTRAL_COLOUR, ""
+        weight = "bold" if mark else "normal"
         rows.append(
-            '<div style="display:flex;align-items:center;font-size:11px;line-height:14px">'
-            f'<span style="width:120px;font-weight:{weight}">{html.escape(species)}</span>'
-            f'<span style="display:inline-block;height:10px;width:{100 * float(p):.1f}px;'
+            '<div style="display:flex;align-items:center;'
+            f'font-size:{CAPTION_FONT};line-height:17px">'
+            f'<span style="width:125px;font-weight:{weight}">{html.escape(species)}</span>'
+            f'<span style="display:inline-block;height:11px;width:{BAR_WIDTH * float(p):.1f}px;'
             f'background:{colour}"></span>'
-            f'<span style="margin-left:4px">{float(p):.2f}</span></div>'
+            f'<span style="margin-left:4px;font-weight:{weight}">{float(p):.2f} {mark}</span></div>'
         )
     return f'<div class="conserviz-bars">{"".join(rows)}</div>'
 
@@ -509,7 +512,7 @@ class PredictionExplorer(widgets.VBox):
             except ImageLoadError as exc:  # one broken file must not break the exploring
                 image.value = b""
                 title += f"<br><b>Cannot show it:</b> {html.escape(str(exc))}"
-            caption.value = f'<div style="font-size:11px">{title}</div>{bars}'
+            caption.value = f'<div style="font-size:{CAPTION_FONT}">{title}</div>{bars}'
 
 
 def prediction_explorer(

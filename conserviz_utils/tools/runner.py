@@ -6,14 +6,17 @@ the headline figures. Three things make it safe to leave running on real data:
 
 - **A dead kernel ends the run within seconds.** Kernels are driven through nbclient with an
   ``AsyncKernelManager``, so nbclient's once-a-second liveness check runs while a cell executes;
-  a kernel killed by the system (out of memory) or crashed (a full disk under a memory-mapped
-  file) stops the run with the notebook, the cell and the likely cause, and a non-zero exit.
-  There is no per-cell timeout by default: a long fine-tuning epoch is not a failure.
+  a kernel killed by the system (out of memory), crashed (a full disk under a memory-mapped
+  file) or ended by an error of its own (status 1) stops the run with the notebook, the cell,
+  the cause its exit status points to and the last lines of its stderr, and a non-zero exit
+  (:mod:`conserviz_utils.tools.kernels`). There is no per-cell timeout by default: a long
+  fine-tuning epoch is not a failure.
 - **Ctrl-C and SIGTERM stop it promptly.** The running kernel is interrupted (so training saves
   its resumable state at the next batch), given up to 30 seconds, then killed; a second signal
   kills at once. Every kernel is shut down, also after each notebook that finishes normally.
 - **It says what it is doing.** The notebook, each section heading as it is reached, and the
-  progress bar of a long cell with its ETA (throttled to one line every few seconds).
+  progress bar of a long cell with its ETA (throttled to one line every few seconds;
+  :mod:`conserviz_utils.tools.course_progress`).
 
 The executed copies are cleared of the outputs stored in the notebooks before they run, so a
 failed copy shows only this run's results.
@@ -27,29 +30,35 @@ import contextlib
 import html
 import json
 import os
-import re
-import shutil
 import signal
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from conserviz_utils.course.embedding_cache import remove_stale_partials
 from conserviz_utils.errors import ConservizError
 from conserviz_utils.files.fileio import atomic_write_text
+from conserviz_utils.tools.course_progress import ProgressReporter, cell_label, first_line, markdown_headings
+from conserviz_utils.tools.kernels import (
+    KernelWatch,
+    StopRequest,
+    find_kernel_process,
+    shut_down,
+    size_text,
+    stop_kernel,
+    watch_kernel,
+    why_it_died,
+)
 
 __all__ = [
     "CORE_NOTEBOOKS",
-    "NOTEBOOKS",
     "CourseStopped",
     "NotebookRunError",
-    "ProgressReporter",
     "clear_outputs",
     "course_notebooks",
-    "likely_cause",
     "main",
     "run_notebooks",
 ]
@@ -62,19 +71,11 @@ CORE_NOTEBOOKS = ("01_explore", "02_split", "03_model", "04_train", "05_evaluate
 #: Notebooks that run after the core ones when they exist.
 OPTIONAL_NOTEBOOKS = ("07_improve",)
 
-# A disk with less free space than this when a kernel dies is the likely culprit.
-LOW_DISK_BYTES = 512 * 1024**2
-# A kernel that used more than this share of the machine's memory when it was killed ran out of it.
-HIGH_MEMORY_SHARE = 0.75
-
 
 def course_notebooks(notebooks_dir: str | os.PathLike = NOTEBOOKS_DIR) -> tuple[str, ...]:
     """The notebooks ``make course`` runs: the six core ones, then the optional ones that exist."""
     folder = Path(notebooks_dir)
     return CORE_NOTEBOOKS + tuple(name for name in OPTIONAL_NOTEBOOKS if (folder / f"{name}.ipynb").is_file())
-
-
-NOTEBOOKS = course_notebooks()
 
 
 class NotebookRunError(ConservizError):
@@ -105,129 +106,6 @@ class CourseStopped(Exception):
         return 128 + int(self.signum)
 
 
-# --- what the terminal shows --------------------------------------------------------------------
-
-# tqdm's text bar ("embeddings:  45%|####5     | 45/100 [00:10<00:12, 4.50batch/s]"): its
-# percentage and bar, or its counts ("45/100 [", also what the notebook widget shows beside its
-# bar), or a bar without a total ("45batch [00:10").
-_PROGRESS_BAR = re.compile(
-    r"\d+%\|"
-    r"|\d+(?:\.\d+)?[kMG]?/\d+(?:\.\d+)?[kMG]?\s*\["
-    r"|\d+(?:\.\d+)?[kMG]?\w*\s*\[\d+:\d+"
-)
-_HEADING = re.compile(r"^(#{1,3})\s+(.+?)\s*#*\s*$")
-
-
-def markdown_headings(source: str) -> list[tuple[int, str]]:
-    """The (level, text) of the level-1 to 3 headings of a markdown cell, code fences skipped."""
-    headings, fenced = [], False
-    for line in source.splitlines():
-        if line.lstrip().startswith(("```", "~~~")):
-            fenced = not fenced
-            continue
-        match = None if fenced else _HEADING.match(line)
-        if match:
-            headings.append((len(match.group(1)), match.group(2)))
-    return headings
-
-
-def cell_label(index: int) -> str:
-    """How the messages name a cell: counted from 1, as a reader counts them."""
-    return f"cell {index + 1}"
-
-
-def first_line(source: str, width: int = 70) -> str:
-    """The first non-empty, non-comment line of a cell, shortened to ``width`` characters."""
-    lines = [line.strip() for line in source.splitlines() if line.strip()]
-    code = [line for line in lines if not line.startswith("#")] or lines or [""]
-    text = code[0]
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-class ProgressReporter:
-    """The runner's terminal lines: notebooks, section headings, and throttled progress bars.
-
-    Args:
-        write: Called with each line (default: print to stdout, flushed).
-        interval: Seconds between two progress-bar lines; a cell shorter than this shows none.
-        heartbeat: Seconds of silence in a running cell before a "still running" line.
-        clock: The time source (a fake one in tests).
-    """
-
-    def __init__(
-        self,
-        write: Callable[[str], None] | None = None,
-        interval: float = 5.0,
-        heartbeat: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.write = write or (lambda line: print(line, flush=True))
-        self.interval = interval
-        self.heartbeat = heartbeat
-        self.clock = clock
-        self.notebook: str | None = None
-        self.section: str | None = None
-        self.cell_index: int | None = None
-        self.cell_source = ""
-        self.cell_start_time = clock()
-        self.last_line = clock()
-        self.last_bar = float("-inf")
-        self.unfinished_line = ""
-
-    def line(self, text: str) -> None:
-        """Write one line, prefixed like every line of the runner."""
-        self.last_line = self.clock()
-        self.write(f"[course] {text}")
-
-    def notebook_started(self, name: str, position: int, total: int, title: str | None) -> None:
-        self.notebook, self.section, self.cell_index = name, None, None
-        self.line(f"running {name}.ipynb ({position}/{total})" + (f": {title}" if title else "") + " …")
-
-    def notebook_done(self, name: str, seconds: float) -> None:
-        self.line(f"{name}.ipynb done in {seconds:.0f} s")
-
-    def markdown(self, source: str) -> None:
-        """Report the section headings of a markdown cell (the notebook's title is skipped)."""
-        for level, text in markdown_headings(source):
-            self.section = text
-            if level > 1:
-                self.line(f"  § {text}")
-
-    def cell_started(self, index: int, source: str) -> None:
-        self.cell_index, self.cell_source = index, source
-        self.cell_start_time = self.clock()
-        self.unfinished_line = ""
-
-    def progress_text(self, text: str) -> None:
-        """Forward the latest progress bar in ``text`` (a chunk of stderr), throttled.
-
-        The kernel sends stderr in chunks that may cut a line anywhere, so only complete lines
-        (ended by the carriage return or newline tqdm writes before the next state) are read.
-        """
-        pieces = re.split(r"[\r\n]", self.unfinished_line + text)
-        self.unfinished_line = pieces.pop()[-2000:]
-        bars = [piece.strip() for piece in pieces if _PROGRESS_BAR.search(piece)]
-        if bars:
-            self.bar(bars[-1])
-
-    def bar(self, text: str) -> None:
-        """Show one progress bar's state if the cell has run long enough and none was shown lately."""
-        now = self.clock()
-        if now - self.cell_start_time < self.interval or now - self.last_bar < self.interval:
-            return
-        self.last_bar = now
-        self.line(f"    {text}")
-
-    def tick(self) -> None:
-        """Say that a long, silent cell is still running (called about once a second)."""
-        now = self.clock()
-        if self.cell_index is None or now - self.last_line < self.heartbeat:
-            return
-        minutes = (now - self.cell_start_time) / 60
-        what = first_line(self.cell_source)
-        self.line(f"    … still running {cell_label(self.cell_index)} ({minutes:.0f} min): {what}")
-
-
 # --- the executed copies --------------------------------------------------------------------------
 
 
@@ -248,116 +126,7 @@ def write_notebook(notebook, path: Path) -> None:
     atomic_write_text(path, nbformat.writes(notebook), what="executed notebook")
 
 
-# --- why a kernel died ----------------------------------------------------------------------------
-
-
-def likely_cause(
-    exit_code: int | None,
-    *,
-    peak_memory: int | None = None,
-    total_memory: int | None = None,
-    disk_free: int | None = None,
-    output_dir: Path | None = None,
-) -> tuple[str, str]:
-    """The likely cause of a kernel's death and what to do, from its exit status and the machine.
-
-    Args:
-        exit_code: The kernel process's return code (negative: the signal that ended it).
-        peak_memory: The most memory the kernel (with its workers) used, in bytes, if measured.
-        total_memory: The machine's memory in bytes, if known.
-        disk_free: Free bytes on the disk of ``output_dir``, if known.
-        output_dir: The course's output folder.
-
-    Returns:
-        (cause, fix): two short sentences for the error message.
-    """
-    memory = ""
-    if peak_memory and total_memory:
-        memory = f" (at its peak it used {size_text(peak_memory)} of the machine's {size_text(total_memory)})"
-    low_disk = disk_free is not None and disk_free < LOW_DISK_BYTES
-    disk = f"the disk of {output_dir} has only {disk_free / 1e6:.0f} MB free" if low_disk else ""
-    memory_fix = "lower CONSERVIZ_BATCH_SIZE (e.g. 16), close other programs, or use a machine with more memory"
-    disk_fix = f"free some disk space on the drive of {output_dir} (`make clean` removes the caches)"
-
-    if exit_code == -signal.SIGKILL:
-        high = peak_memory and total_memory and peak_memory > HIGH_MEMORY_SHARE * total_memory
-        if low_disk and not high:
-            return f"it was killed (SIGKILL); {disk}: disk full?", disk_fix
-        return f"it was killed (SIGKILL), most often by the system running out of memory{memory}: out of memory?", (
-            memory_fix
-        )
-    if exit_code == -getattr(signal, "SIGBUS", 7):
-        return (
-            "it crashed with SIGBUS, which usually means a full disk under a memory-mapped file"
-            + (f"; {disk}" if disk else "")
-            + ": disk full?",
-            disk_fix,
-        )
-    if low_disk:
-        return f"it ended with status {exit_code}; {disk}: disk full?", disk_fix
-    if exit_code is not None and exit_code < 0:
-        try:
-            name = signal.Signals(-exit_code).name
-        except ValueError:
-            name = str(-exit_code)
-        return f"it was ended by signal {name}{memory}", "run the notebook in Jupyter to see where it stops"
-    return (
-        f"it exited with status {exit_code}{memory}",
-        "run the notebook in Jupyter to see where it stops; " + memory_fix,
-    )
-
-
-def size_text(n_bytes: float) -> str:
-    """A size in MB below a gigabyte, in GB above."""
-    return f"{n_bytes / 1e6:.0f} MB" if n_bytes < 1e9 else f"{n_bytes / 1e9:.1f} GB"
-
-
-def kernel_memory(pid: int | None) -> int | None:
-    """The resident memory of a kernel and its child processes (DataLoader workers), in bytes."""
-    if pid is None:
-        return None
-    try:
-        import psutil
-    except ImportError:  # psutil comes with ipykernel; without it the message just says less
-        return None
-    try:
-        process = psutil.Process(pid)
-        processes = [process, *process.children(recursive=True)]
-    except psutil.Error:
-        return None
-    total = 0
-    for member in processes:
-        with contextlib.suppress(psutil.Error):
-            total += member.memory_info().rss
-    return total
-
-
-def total_memory() -> int | None:
-    """The machine's memory in bytes, where it can be read."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def kill_process_group(pgid: int | None) -> None:
-    """SIGKILL a kernel's process group (the kernel and its workers); gone already is fine."""
-    if pgid is None or not hasattr(os, "killpg"):
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
 # --- running one notebook -------------------------------------------------------------------------
-
-
-@dataclass
-class StopRequest:
-    """What the signal handler asked for: which signal, and whether to stop at once."""
-
-    signum: int | None = None
-    immediate: bool = False
-    event: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def course_client_class():
@@ -411,9 +180,7 @@ def course_client_class():
             box = self.bar_of_widget.get(comm_id)
             children = self.widget_state.get(box, {}).get("children") or [] if box else []
             if isinstance(state.get("value"), str) and children and str(children[-1]).endswith(comm_id):
-                text = self.widget_bar_text(children)
-                if _PROGRESS_BAR.search(text):
-                    self.reporter.bar(text)
+                self.reporter.bar(self.widget_bar_text(children))
 
         def widget_bar_text(self, children: list) -> str:
             """The text of a tqdm notebook bar: its description and its counts with the ETA."""
@@ -426,64 +193,6 @@ def course_client_class():
             return "| ".join(parts)
 
     return CourseClient
-
-
-@dataclass
-class KernelWatch:
-    """What the runner knows of the running kernel: its process, its peak memory."""
-
-    manager: object | None = None
-    pid: int | None = None
-    pgid: int | None = None
-    peak_memory: int | None = None
-    done: bool = False
-
-
-def find_kernel_process(watch: KernelWatch) -> None:
-    """Fill in the kernel's pid and process group once its manager has started it."""
-    if watch.pid is None and watch.manager is not None:
-        provisioner = getattr(watch.manager, "provisioner", None)
-        watch.pid = getattr(provisioner, "pid", None)
-        watch.pgid = getattr(provisioner, "pgid", None)
-
-
-async def watch_kernel(watch: KernelWatch, reporter: ProgressReporter, period: float = 1.0) -> None:
-    """Sample the kernel's memory and let the reporter say "still running", about once a second."""
-    while not watch.done:
-        find_kernel_process(watch)
-        memory = await asyncio.to_thread(kernel_memory, watch.pid)
-        if memory is not None:
-            watch.peak_memory = max(watch.peak_memory or 0, memory)
-        reporter.tick()
-        await asyncio.sleep(period)
-
-
-async def stop_kernel(watch: KernelWatch, stop: StopRequest, grace: float) -> None:
-    """Interrupt the kernel (training saves its state at the next batch), then kill it after ``grace`` s."""
-    manager = watch.manager
-    if manager is not None and not stop.immediate:
-        with contextlib.suppress(Exception):  # a kernel that is starting or gone cannot be interrupted
-            await manager.interrupt_kernel()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.event.wait(), timeout=grace)
-    if not watch.done:
-        find_kernel_process(watch)
-        kill_process_group(watch.pgid)
-
-
-async def shut_down(client, manager, watch: KernelWatch, now: bool) -> None:
-    """Stop the kernel client's channels and the kernel itself (with its process group)."""
-    with contextlib.suppress(Exception):
-        if client.kc is not None:
-            client.kc.stop_channels()
-    try:
-        if manager.has_kernel:
-            await asyncio.wait_for(manager.shutdown_kernel(now=now), timeout=15)
-    except Exception:  # a kernel that will not stop is killed, whatever state it is in
-        kill_process_group(watch.pgid)
-        with contextlib.suppress(Exception):
-            await manager.shutdown_kernel(now=True)
-    kill_process_group(watch.pgid)  # DataLoader workers a killed kernel may have left behind
 
 
 async def run_one(
@@ -532,8 +241,10 @@ async def run_one(
     monitor = asyncio.ensure_future(watch_kernel(watch, reporter))
     started = time.perf_counter()
     failed = True
+    stderr_file = sockets / f"{name}.stderr"  # the kernel process's own, read when it dies
     try:
-        await client.async_execute()
+        with open(stderr_file, "wb") as kernel_stderr:
+            await client.async_execute(stderr=kernel_stderr)
         failed = False
     except CourseStopped:
         raise
@@ -545,20 +256,12 @@ async def run_one(
         if cell is not None and reporter.section:
             where += f" (section {reporter.section!r})"
         line = first_line(notebook.cells[cell].source) if cell is not None else ""
-        if isinstance(error, DeadKernelError):
-            exit_code = None
-            with contextlib.suppress(Exception):
-                exit_code = await manager.provisioner.poll()
-            disk_free = None
-            with contextlib.suppress(OSError):
-                disk_free = shutil.disk_usage(output_dir if output_dir.exists() else executed_dir).free
-            cause, fix = likely_cause(
-                exit_code,
-                peak_memory=watch.peak_memory,
-                total_memory=total_memory(),
-                disk_free=disk_free,
-                output_dir=output_dir,
-            )
+        died = None  # a kernel that exited died, whatever nbclient raised (it may never have started)
+        if not isinstance(error, CellExecutionError | CellTimeoutError):
+            dead = isinstance(error, DeadKernelError)
+            died = await why_it_died(watch, output_dir, stderr_file, dead=dead)
+        if died is not None:
+            cause, fix = died
             if cell is not None:
                 notebook.cells[cell].outputs.append(nbformat.v4.new_output(
                     "error", ename="DeadKernelError", evalue=f"the kernel died: {cause}", traceback=[]
@@ -719,8 +422,6 @@ def report_leftovers(output_dir: Path) -> None:
                 sizes[path] = path.stat().st_size
     if not sizes:
         return
-    from conserviz_utils.course.embeddings import remove_stale_partials  # imports torch: only when needed
-
     removed = remove_stale_partials(output_dir, recursive=True)
     if removed:
         freed = sum(sizes.get(path, 0) for path in removed)

@@ -13,12 +13,14 @@ How a dataset is made, by module:
 1. :mod:`~conserviz_utils.tools.sample.plan` decides, from the seed alone, every image's split, site,
    species, size, day or night and info band (a DataFrame; cheap, so tests check its
    statistics at full scale).
-2. :mod:`~conserviz_utils.tools.sample.draw` draws each planned image: the site's persistent
-   background, lighting, one animal with the body plan of its class
-   (:mod:`~conserviz_utils.tools.sample.animals`, using :mod:`~conserviz_utils.tools.sample.paint`),
-   occluding plants, camera effects, the info band. Every random draw of an image comes from
-   ``(seed, image index)`` and every draw of a site from ``(seed, site number)``, so the bytes
-   do not depend on the number of workers or their order.
+2. :mod:`~conserviz_utils.tools.sample.draw` draws each planned image: the site's style and
+   persistent background (:mod:`~conserviz_utils.tools.sample.scenery`), lighting, one animal
+   with the body plan of its class (:mod:`~conserviz_utils.tools.sample.animals`, drawn with the
+   pen of :mod:`~conserviz_utils.tools.sample.sketch`; both use
+   :mod:`~conserviz_utils.tools.sample.paint`), occluding plants, camera effects, the info band.
+   Every random draw of an image comes from ``(seed, image index)`` and every draw of a site
+   from ``(seed, site number)``, so the bytes do not depend on the number of workers or their
+   order.
 3. :mod:`~conserviz_utils.tools.sample.detector` turns what was drawn into a detector's boxes, with a
    detector's faults, from a random stream of its own.
 4. :mod:`~conserviz_utils.tools.sample.write` runs the workers and writes the folder: JPEGs,
@@ -34,19 +36,12 @@ from conserviz_utils.errors import SampleFolderError, SampleParameterError
 from conserviz_utils.tools.sample.cli import main
 from conserviz_utils.tools.sample.draw import sample_grid
 from conserviz_utils.tools.sample.plan import (
-    BIGGEST_TEST_SITE_SHARE,
-    MIN_TEST_SITES,
-    MIN_TRAIN_SITES,
-    NIGHT_SHARE,
     REAL_CLASS_COUNTS,
     REAL_IMAGE_SIZES,
     REAL_N_TEST,
     REAL_N_TRAIN,
     REAL_TEST_SITES,
     REAL_TRAIN_SITES,
-    SITE_PRESENCE,
-    SITE_SCALING_EXPONENT,
-    SITE_SIZE_SIGMA,
     plan_sample,
 )
 from conserviz_utils.tools.sample.write import (
@@ -61,24 +56,17 @@ from conserviz_utils.tools.sample.write import (
 )
 
 __all__ = [
-    "BIGGEST_TEST_SITE_SHARE",
     "DETECTIONS_NAME",
     "GENERATOR_NAME",
     "GENERATOR_VERSION",
     "INCOMPLETE_NAME",
     "MARKER_NAME",
-    "MIN_TEST_SITES",
-    "MIN_TRAIN_SITES",
-    "NIGHT_SHARE",
     "REAL_CLASS_COUNTS",
     "REAL_IMAGE_SIZES",
     "REAL_N_TEST",
     "REAL_N_TRAIN",
     "REAL_TEST_SITES",
     "REAL_TRAIN_SITES",
-    "SITE_PRESENCE",
-    "SITE_SCALING_EXPONENT",
-    "SITE_SIZE_SIGMA",
     "SampleFolderError",
     "SampleParameterError",
     "SampleReport",

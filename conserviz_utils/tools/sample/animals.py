@@ -1,180 +1,33 @@
-"""Animals: a pen that draws in body lengths, and one drawing function per body plan.
+"""Animals: one drawing function per body plan, and the layer that places one in a scene.
 
-Each class has a body plan (``BODY_PLANS``) drawn side-on in the animal's own units (body length
-1, feet at y = 0) and several colourings of the real Taï species. :func:`animal_layer` turns one
-into an RGBA image cropped to the animal, ready to be placed in a scene.
+Each class has a body plan (``BODY_PLANS``) drawn side-on with the pen of
+:mod:`~conserviz_utils.tools.sample.sketch` (body length 1, feet at y = 0) and several
+colourings of the real Taï species. :func:`animal_layer` turns one into an RGBA image cropped to
+the animal, ready to be placed in a scene.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
 from conserviz_utils.tools.sample.paint import blur, jitter, shade
+from conserviz_utils.tools.sample.sketch import (
+    Build,
+    Pen,
+    Sketch,
+    curve,
+    quadruped,
+    resample,
+    scatter,
+)
 
 __all__ = ["BODY_PLANS", "DISTANCE_M", "SIZE_M", "animal_layer", "motion_blur"]
 
 
-_CIRCLE = np.stack([np.cos(np.arange(24) * np.pi / 12), np.sin(np.arange(24) * np.pi / 12)], 1)
-
-
-class _Pen:
-    """Draws shapes given in an animal's own units (body length 1, y up, feet at y=0)."""
-
-    def __init__(self, draw, origin, scale, facing, squash=1.0, angle=0.0):
-        self.draw = draw
-        self.origin = origin
-        self.scale = scale
-        self.facing = facing  # +1 looks right, -1 looks left
-        self.squash = squash  # < 1 when the animal walks towards or away from the camera
-        self.angle = angle  # radians; a climber is drawn turned upright
-
-    def points(self, xy) -> list[tuple[float, float]]:
-        """Canvas pixels of points given in animal units."""
-        p = np.asarray(xy, float).reshape(-1, 2)
-        x, y = p[:, 0] * self.squash, p[:, 1]
-        if self.angle:
-            c, s = math.cos(self.angle), math.sin(self.angle)
-            x, y = x * c - y * s, x * s + y * c
-        px = self.origin[0] + self.facing * self.scale * x
-        py = self.origin[1] - self.scale * y
-        return list(zip(px.tolist(), py.tolist()))
-
-    def polygon(self, xy, fill) -> None:
-        """A filled polygon."""
-        self.draw.polygon(self.points(xy), fill=fill)
-
-    def blob(self, centre, rx, ry, fill, turn=0.0) -> None:
-        """A filled ellipse with radii (rx, ry), turned by ``turn`` radians."""
-        c, s = math.cos(turn), math.sin(turn)
-        x, y = rx * _CIRCLE[:, 0], ry * _CIRCLE[:, 1]
-        self.polygon(np.stack([centre[0] + x * c - y * s, centre[1] + x * s + y * c], 1), fill)
-
-    def limb(self, a, b, width_a, width_b, fill) -> None:
-        """A tapered limb from ``a`` to ``b`` with rounded ends."""
-        a, b = np.asarray(a, float), np.asarray(b, float)
-        d = b - a
-        n = np.array([-d[1], d[0]]) / (np.hypot(*d) + 1e-9)
-        half_a, half_b = n * width_a / 2, n * width_b / 2
-        self.polygon([a + half_a, b + half_b, b - half_b, a - half_a], fill)
-        self.blob(a, width_a / 2, width_a / 2, fill)
-        self.blob(b, width_b / 2, width_b / 2, fill)
-
-    def chain(self, points, widths, fills) -> None:
-        """Consecutive limbs through ``points`` (a tail), each segment with its width and colour."""
-        for k in range(len(points) - 1):
-            self.limb(points[k], points[k + 1], widths[k], widths[k + 1], fills[k % len(fills)])
-
-    def pixel(self, xy) -> tuple[float, float]:
-        """Canvas pixel of one point."""
-        return self.points(xy)[0]
-
-
-@dataclass
-class _Sketch:
-    """An animal being drawn: the silhouette pen, the markings pen (clipped to the silhouette)."""
-
-    body: _Pen
-    marks: _Pen
-    eyes: list = field(default_factory=list)  # eye points in animal units, for eyeshine
-
-
-@dataclass(frozen=True)
-class _Build:
-    """Proportions of a four-legged body, in body lengths."""
-
-    torso: float = 0.32  # torso height
-    leg: float = 0.45  # shoulder height above the ground
-    leg_width: float = 0.07
-    rump: float = 0.0  # rump raised above the shoulders (duikers) or lowered (hyenas)
-    neck: float = 0.18
-    neck_width: float = 0.14
-    neck_angle: float = 0.7  # radians above the horizontal
-    head: float = 0.22  # head length
-    head_height: float = 0.13
-    head_pitch: float = -0.3  # radians; negative looks down
-    muzzle: float = 0.1
-    ear: float = 0.07
-    tail: float = 0.15
-    tail_width: float = 0.04
-    tail_lift: float = -1.0  # radians from pointing straight back; negative hangs
-    tail_curl: float = 0.0  # total bend along the tail
-    stride: float = 0.3  # leg swing; 0 stands still
-
-
-def _quadruped(sk: _Sketch, build: _Build, colours: dict, rng: np.random.Generator) -> dict:
-    """Draw a four-legged animal side-on; returns its key points (in body lengths)."""
-    b = build
-    pen = sk.body
-    phase = rng.uniform(0, 2 * np.pi)
-    shoulder = np.array([0.3, b.leg + b.torso * 0.5])
-    hip = np.array([-0.3, b.leg + b.torso * 0.5 + b.rump])
-
-    def leg(top, offset, hind, colour):
-        swing = b.stride * math.sin(phase + offset)
-        height = top[1] - b.torso * 0.25
-        bend = -0.07 if hind else 0.04
-        joint = top + np.array([bend + swing * 0.5 * height, -0.55 * height - b.torso * 0.25])
-        foot = np.array([top[0] + swing * height, 0.0])
-        pen.limb(top, joint, b.leg_width * 1.7, b.leg_width, colour)
-        pen.limb(joint, foot, b.leg_width, b.leg_width * 0.7, colour)
-        pen.blob(foot + [0.02, 0.0], b.leg_width * 0.55, b.leg_width * 0.35, shade(colour, 0.6))
-
-    far_legs = shade(colours["legs"], 0.7)
-    leg(shoulder + [0.04, 0], np.pi, False, far_legs)
-    leg(hip + [0.04, 0], 0.0, True, far_legs)
-    tail_start = hip + np.array([-0.18, b.torso * 0.3])
-    tail = _curve(tail_start, b.tail, np.pi - b.tail_lift, b.tail_curl, 8, facing_back=True)
-    if b.tail > 0:
-        widths = np.linspace(b.tail_width, b.tail_width * 0.6, len(tail))
-        pen.chain(tail, widths, [colours.get("tail", colours["coat"])])
-    centre = (shoulder + hip) / 2
-    pen.blob(centre, 0.45, b.torso / 2, colours["coat"], turn=math.atan2(b.rump, 0.6))
-    pen.blob(shoulder + [0.04, 0.0], 0.2, b.torso * 0.52, colours["coat"])
-    pen.blob(hip + [-0.04, 0.0], 0.22, b.torso * 0.55, colours["coat"])
-    pen.blob(centre - [0, b.torso * 0.36], 0.3, b.torso * 0.12, colours["belly"])
-    neck_base = shoulder + np.array([0.1, b.torso * 0.2])
-    neck_end = neck_base + b.neck * np.array([math.cos(b.neck_angle), math.sin(b.neck_angle)])
-    pen.limb(neck_base, neck_end, b.neck_width, b.neck_width * 0.8, colours["coat"])
-    direction = np.array([math.cos(b.head_pitch), math.sin(b.head_pitch)])
-    up = np.array([-direction[1], direction[0]])
-    head = neck_end + direction * b.head * 0.3
-    pen.blob(head, b.head / 2, b.head_height / 2, colours["coat"], turn=b.head_pitch)
-    nose = head + direction * (b.head * 0.4 + b.muzzle)
-    muzzle_colour = colours.get("muzzle", colours["coat"])
-    snout_base = head + direction * b.head * 0.1
-    pen.limb(snout_base, nose, b.head_height * 0.8, b.head_height * 0.45, muzzle_colour)
-    ear = head - direction * b.head * 0.25 + up * b.head_height * 0.55
-    ear_colour = colours.get("ear", shade(colours["coat"], 0.8))
-    pen.blob(ear, b.ear * 0.45, b.ear, ear_colour, turn=b.head_pitch - 0.4)
-    leg(shoulder, 0.0, False, colours["legs"])
-    leg(hip, np.pi, True, colours["legs"])
-    eye = head + direction * b.head * 0.12 + up * b.head_height * 0.15
-    sk.eyes.append(eye)
-    return {"head": head, "direction": direction, "up": up, "nose": nose, "ear": ear,
-            "shoulder": shoulder, "hip": hip, "centre": centre, "tail": tail, "eye": eye}
-
-
-def _curve(start, length, angle, bend, n, facing_back=False) -> np.ndarray:
-    """``n`` points along a bending line: a tail, a neck, a frond (angle and bend in radians)."""
-    steps = np.linspace(0, 1, n)
-    headings = angle + (bend * steps if not facing_back else -bend * steps)
-    deltas = np.stack([np.cos(headings), np.sin(headings)], 1) * length / (n - 1)
-    deltas[0] = 0
-    return np.asarray(start, float) + np.cumsum(deltas, axis=0)
-
-
-def _inside(rng, centre, rx, ry, n) -> np.ndarray:
-    """``n`` random points inside an ellipse, for spots and speckles."""
-    r = np.sqrt(rng.random(n))
-    t = rng.uniform(0, 2 * np.pi, n)
-    return np.stack([centre[0] + rx * r * np.cos(t), centre[1] + ry * r * np.sin(t)], 1)
-
-
-def _draw_duiker(sk: _Sketch, rng: np.random.Generator) -> None:
+def _draw_duiker(sk: Sketch, rng: np.random.Generator) -> None:
     """A duiker: small arched antelope on thin legs, low head, short spike horns."""
     kinds = ["maxwell", "bay", "zebra", "yellow_backed", "ogilby"]
     kind = rng.choice(kinds, p=[0.35, 0.25, 0.1, 0.1, 0.2])
@@ -193,7 +46,7 @@ def _draw_duiker(sk: _Sketch, rng: np.random.Generator) -> None:
         "muzzle": shade(coat, 0.75),
     }
     grazing = rng.random() < 0.4
-    build = _Build(
+    build = Build(
         torso=0.4,
         leg=rng.uniform(0.42, 0.52),
         leg_width=0.055,
@@ -211,7 +64,7 @@ def _draw_duiker(sk: _Sketch, rng: np.random.Generator) -> None:
         tail_lift=0.2,
         stride=rng.uniform(0, 0.35),
     )
-    p = _quadruped(sk, build, colours, rng)
+    p = quadruped(sk, build, colours, rng)
     pen, marks = sk.body, sk.marks
     for side in (0.0, 0.03):  # two short spike horns pointing back, with a tuft between them
         base = p["head"] - p["direction"] * 0.04 + p["up"] * 0.06 + [side, 0]
@@ -229,7 +82,7 @@ def _draw_duiker(sk: _Sketch, rng: np.random.Generator) -> None:
         pen.blob(p["tail"][-1], 0.035, 0.03, (225, 220, 210))
 
 
-def _draw_hog(sk: _Sketch, rng: np.random.Generator) -> None:
+def _draw_hog(sk: Sketch, rng: np.random.Generator) -> None:
     """A hog: dark, bulky barrel on short legs, big wedge head with a snout disc."""
     red_river = rng.random() < 0.35
     dark_coat = rng.choice([35, 50, 65]) * np.ones(3) * [1.0, 0.9, 0.8] if not red_river else None
@@ -241,7 +94,7 @@ def _draw_hog(sk: _Sketch, rng: np.random.Generator) -> None:
         "muzzle": shade(coat, 0.85),
         "tail": shade(coat, 0.7),
     }
-    build = _Build(
+    build = Build(
         torso=rng.uniform(0.48, 0.56),
         leg=rng.uniform(0.2, 0.26),
         leg_width=0.1,
@@ -259,7 +112,7 @@ def _draw_hog(sk: _Sketch, rng: np.random.Generator) -> None:
         tail_lift=-1.3,
         stride=rng.uniform(0, 0.2),
     )
-    p = _quadruped(sk, build, colours, rng)
+    p = quadruped(sk, build, colours, rng)
     pen, marks = sk.body, sk.marks
     head, nose, up, ahead = p["head"], p["nose"], p["up"], p["direction"]
     disc = (70, 55, 55) if red_river else (85, 70, 65)
@@ -269,7 +122,7 @@ def _draw_hog(sk: _Sketch, rng: np.random.Generator) -> None:
         top = build.leg + build.torso * (0.98 + 0.04 * math.cos(x * 3))
         tip = (x - 0.02, top + rng.uniform(0.02, 0.06))
         pen.limb((x, top - 0.03), tip, 0.018, 0.006, shade(coat, 0.6))
-    for point in _inside(rng, p["centre"], 0.45, build.torso * 0.45, 60):  # coarse hair
+    for point in scatter(rng, p["centre"], 0.45, build.torso * 0.45, 60):  # coarse hair
         marks.limb(point, point + [-0.04, -0.02], 0.012, 0.006, shade(coat, rng.uniform(0.6, 1.3)))
     if red_river:  # white ear tufts and face stripe on a black mask
         pen.limb(p["ear"], p["ear"] + up * 0.1 - ahead * 0.04, 0.03, 0.01, (235, 230, 220))
@@ -280,12 +133,12 @@ def _draw_hog(sk: _Sketch, rng: np.random.Generator) -> None:
         pen.limb(nose - ahead * 0.08, nose - ahead * 0.04 + up * 0.07, 0.025, 0.01, (220, 210, 185))
 
 
-def _draw_leopard(sk: _Sketch, rng: np.random.Generator) -> None:
+def _draw_leopard(sk: Sketch, rng: np.random.Generator) -> None:
     """A leopard: long golden body covered in rosettes, long tail curving up at the tip."""
     coat = jitter((195, 150, 80), rng, 18)
     colours = {"coat": coat, "belly": (228, 214, 180), "legs": coat, "muzzle": shade(coat, 1.1)}
     crouch = rng.random() < 0.3
-    build = _Build(
+    build = Build(
         torso=0.3,
         leg=rng.uniform(0.24, 0.3) if crouch else rng.uniform(0.34, 0.4),
         leg_width=0.085,
@@ -304,27 +157,27 @@ def _draw_leopard(sk: _Sketch, rng: np.random.Generator) -> None:
         tail_curl=rng.uniform(0.8, 2.0),
         stride=rng.uniform(0, 0.35),
     )
-    p = _quadruped(sk, build, colours, rng)
+    p = quadruped(sk, build, colours, rng)
     marks = sk.marks
     dark = (30, 22, 15)
     centre = p["centre"] + [0, build.torso * 0.05]
-    for point in _inside(rng, centre, 0.55, build.torso * 0.5, 55):  # rosettes: broken dark rings
+    for point in scatter(rng, centre, 0.55, build.torso * 0.5, 55):  # rosettes: broken dark rings
         size = rng.uniform(0.025, 0.04)
         marks.blob(point, size * 0.9, size * 0.8, shade(coat, 0.82))
         for t in rng.uniform(0, 2 * np.pi, 4):
             ring = point + size * np.array([math.cos(t), math.sin(t)])
             marks.blob(ring, size * 0.4, size * 0.3, dark)
-    for point in _inside(rng, p["head"], 0.1, 0.07, 12):
+    for point in scatter(rng, p["head"], 0.1, 0.07, 12):
         marks.blob(point, 0.01, 0.01, dark)
     for point in p["tail"][3::2]:  # dark rings towards the tail tip
         marks.blob(point, 0.025, 0.025, dark)
     for limb_top in (p["shoulder"], p["hip"]):
-        for point in _inside(rng, limb_top - [0, build.leg * 0.5], 0.08, build.leg * 0.45, 8):
+        for point in scatter(rng, limb_top - [0, build.leg * 0.5], 0.08, build.leg * 0.45, 8):
             marks.blob(point, 0.016, 0.016, dark)
     sk.body.blob(p["nose"], 0.02, 0.015, (60, 40, 35))
 
 
-def _draw_civet_genet(sk: _Sketch, rng: np.random.Generator) -> None:
+def _draw_civet_genet(sk: Sketch, rng: np.random.Generator) -> None:
     """A civet or genet: long, low body on short legs, pointed face, long banded tail."""
     kind = rng.choice(["civet", "genet", "palm_civet"], p=[0.4, 0.4, 0.2])
     civet = kind == "civet"
@@ -338,7 +191,7 @@ def _draw_civet_genet(sk: _Sketch, rng: np.random.Generator) -> None:
         "muzzle": shade(coat, 1.1),
         "ear": shade(coat, 0.8),
     }
-    build = _Build(
+    build = Build(
         torso=0.28 if civet else 0.22,
         leg=0.3 if civet else rng.uniform(0.18, 0.22),
         leg_width=0.06,
@@ -357,13 +210,13 @@ def _draw_civet_genet(sk: _Sketch, rng: np.random.Generator) -> None:
         tail_curl=rng.uniform(-0.3, 0.4),
         stride=rng.uniform(0, 0.3),
     )
-    p = _quadruped(sk, build, colours, rng)
+    p = quadruped(sk, build, colours, rng)
     pen, marks = sk.body, sk.marks
-    bands = _resample(p["tail"], 13)
+    bands = resample(p["tail"], 13)
     widths = np.linspace(build.tail_width, build.tail_width * 0.7, len(bands))
     pen.chain(bands, widths, [coat, dark])  # alternating light and dark rings
     spots = 45 if kind != "palm_civet" else 25
-    for point in _inside(rng, p["centre"], 0.5, build.torso * 0.42, spots):  # rows of dark spots
+    for point in scatter(rng, p["centre"], 0.5, build.torso * 0.42, spots):  # rows of dark spots
         marks.blob(point, rng.uniform(0.018, 0.03), 0.016, dark)
     back = (p["shoulder"] + [0.1, build.torso * 0.5], p["hip"] + [0, build.torso * 0.5])
     marks.limb(*back, 0.035, 0.04, dark)
@@ -374,14 +227,7 @@ def _draw_civet_genet(sk: _Sketch, rng: np.random.Generator) -> None:
     pen.blob(p["nose"], 0.015, 0.012, (30, 25, 25))
 
 
-def _resample(points: np.ndarray, n: int) -> np.ndarray:
-    """``n`` points evenly spaced along a polyline."""
-    steps = np.r_[0, np.cumsum(np.hypot(*np.diff(points, axis=0).T))]
-    at = np.linspace(0, steps[-1], n)
-    return np.stack([np.interp(at, steps, points[:, 0]), np.interp(at, steps, points[:, 1])], 1)
-
-
-def _draw_rodent(sk: _Sketch, rng: np.random.Generator) -> None:
+def _draw_rodent(sk: Sketch, rng: np.random.Generator) -> None:
     """A rodent: small egg-shaped body, round ears, a thin naked, quilled or bushy tail."""
     kind = rng.choice(["pouched_rat", "porcupine", "squirrel"], p=[0.45, 0.3, 0.25])
     coat = {
@@ -401,7 +247,7 @@ def _draw_rodent(sk: _Sketch, rng: np.random.Generator) -> None:
         "porcupine": (0.35, 0.05, -0.5, 0.0),
         "squirrel": (0.75, 0.16, 0.9, 2.4),
     }[kind]
-    build = _Build(
+    build = Build(
         torso=0.4,
         leg=rng.uniform(0.08, 0.13),
         leg_width=0.07,
@@ -420,21 +266,21 @@ def _draw_rodent(sk: _Sketch, rng: np.random.Generator) -> None:
         tail_curl=tail[3],
         stride=rng.uniform(0, 0.2),
     )
-    p = _quadruped(sk, build, colours, rng)
+    p = quadruped(sk, build, colours, rng)
     pen = sk.body
     if kind == "pouched_rat":  # the white end of the tail
-        end = _resample(p["tail"], 6)[3:]
+        end = resample(p["tail"], 6)[3:]
         pen.chain(end, [0.025, 0.022, 0.02], [(235, 232, 225)])
     if kind == "porcupine":  # quills along the back and a pale tail tuft
         back = p["centre"] + [0, build.torso * 0.3]
-        for point in _inside(rng, back, 0.45, build.torso * 0.3, 40):
+        for point in scatter(rng, back, 0.45, build.torso * 0.3, 40):
             tip = point + [-0.12, rng.uniform(0.02, 0.1)]
             pen.limb(point, tip, 0.02, 0.004, shade((210, 200, 185), rng.uniform(0.5, 1.0)))
         pen.blob(p["tail"][-1], 0.07, 0.05, (225, 220, 205))
     pen.blob(p["nose"], 0.02, 0.02, (60, 45, 45))
 
 
-def _draw_bird(sk: _Sketch, rng: np.random.Generator) -> None:
+def _draw_bird(sk: Sketch, rng: np.random.Generator) -> None:
     """A ground bird: tilted oval body, small head and beak, thin legs, a tail behind."""
     kind = rng.choice(["guineafowl", "francolin", "ibis", "dove"], p=[0.4, 0.3, 0.15, 0.15])
     coat = {
@@ -472,22 +318,22 @@ def _draw_bird(sk: _Sketch, rng: np.random.Generator) -> None:
     heading = -0.6 if pecking else 0.0
     direction = np.array([math.cos(heading), math.sin(heading)])
     if kind == "ibis":  # a long down-curved bill
-        beak = _curve(head + direction * 0.08, 0.38, heading - 0.1, -0.9, 7)
+        beak = curve(head + direction * 0.08, 0.38, heading - 0.1, -0.9, 7)
         pen.chain(beak, np.linspace(0.045, 0.012, 7), [(45, 40, 38)])
     else:
         base = head + direction * 0.06
         pen.polygon([base + [0, 0.03], head + direction * 0.2, base - [0, 0.03]], (200, 190, 160))
     if kind == "guineafowl":
         pen.limb(head + [0.0, 0.06], head + [-0.03, 0.16], 0.08, 0.03, (20, 20, 22))  # crest
-        for point in _inside(rng, body_centre, 0.37, 0.19, 70):
+        for point in scatter(rng, body_centre, 0.37, 0.19, 70):
             marks.blob(point, 0.012, 0.012, (225, 228, 235))
     elif kind == "francolin":
-        for point in _inside(rng, body_centre, 0.37, 0.19, 60):
+        for point in scatter(rng, body_centre, 0.37, 0.19, 60):
             marks.blob(point, 0.015, 0.008, (200, 180, 150), turn=0.4)
     sk.eyes.append(head + [0.02, 0.02])
 
 
-def _draw_monkey(sk: _Sketch, rng: np.random.Generator) -> None:
+def _draw_monkey(sk: Sketch, rng: np.random.Generator) -> None:
     """A monkey or prosimian: sitting upright, walking, or climbing, mostly with a long tail."""
     kinds = ["mangabey", "diana", "colobus", "red_colobus", "chimpanzee", "galago"]
     kind = rng.choice(kinds, p=[0.3, 0.2, 0.15, 0.15, 0.1, 0.1])
@@ -512,7 +358,7 @@ def _draw_monkey(sk: _Sketch, rng: np.random.Generator) -> None:
     if pose == "sit":
         _monkey_sitting(sk, colours, rng, has_tail, big_eyes=kind == "galago")
         return
-    build = _Build(
+    build = Build(
         torso=0.25,
         leg=0.5,
         leg_width=0.06,
@@ -531,19 +377,19 @@ def _draw_monkey(sk: _Sketch, rng: np.random.Generator) -> None:
         tail_curl=rng.uniform(-2.6, -1.6),
         stride=rng.uniform(0.15, 0.4),
     )
-    p = _quadruped(sk, build, colours, rng)
+    p = quadruped(sk, build, colours, rng)
     face = p["head"] + p["direction"] * 0.07
     sk.body.blob(face, 0.05, 0.065, colours["muzzle"])
     sk.body.blob(face + p["direction"] * 0.02 + p["up"] * 0.025, 0.015, 0.015, (20, 18, 16))
 
 
-def _monkey_sitting(sk: _Sketch, colours: dict, rng: np.random.Generator, has_tail, big_eyes):
+def _monkey_sitting(sk: Sketch, colours: dict, rng: np.random.Generator, has_tail, big_eyes):
     """A monkey sitting upright, seen from the side or three-quarters, tail on the ground."""
     pen = sk.body
     coat = colours["coat"]
     if has_tail:
         length, heading = rng.uniform(0.8, 1.1), np.pi + rng.uniform(-0.2, 0.2)
-        tail = _curve((-0.15, 0.05), length, heading, rng.uniform(-1.5, 1.5), 10)
+        tail = curve((-0.15, 0.05), length, heading, rng.uniform(-1.5, 1.5), 10)
         pen.chain(tail, np.linspace(0.05, 0.035, 10), [colours["tail"]])
     pen.blob((0.05, 0.12), 0.28, 0.12, shade(coat, 0.85))  # folded legs
     pen.blob((0.0, 0.42), 0.2, 0.34, coat, turn=rng.uniform(-0.2, 0.2))  # upright torso
@@ -606,9 +452,9 @@ def animal_layer(species, rng, length_px, facing, squash, angle):
     origin = (side / 2, side / 2)
     body = Image.new("RGBA", (side, side), (0, 0, 0, 0))
     marks = Image.new("RGBA", (side, side), (0, 0, 0, 0))
-    sketch = _Sketch(
-        body=_Pen(ImageDraw.Draw(body), origin, scale, facing, squash, angle),
-        marks=_Pen(ImageDraw.Draw(marks), origin, scale, facing, squash, angle),
+    sketch = Sketch(
+        body=Pen(ImageDraw.Draw(body), origin, scale, facing, squash, angle),
+        marks=Pen(ImageDraw.Draw(marks), origin, scale, facing, squash, angle),
     )
     BODY_PLANS[species](sketch, rng)
     box = body.getchannel("A").getbbox()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 from conserviz_utils import SPECIES, __version__
 from conserviz_utils.errors import SampleFolderError
 from conserviz_utils.files.fileio import TEMP_PREFIX, atomic_write_text
+from conserviz_utils.labels import one_hot
 from conserviz_utils.tools.sample.detector import detections_document, simulated_detections
 from conserviz_utils.tools.sample.draw import ImageTask, render_image, site_style
 from conserviz_utils.tools.sample.plan import check_parameters, plan_sample
@@ -53,9 +53,10 @@ INCOMPLETE_NAME = ".conserviz-sample-incomplete"
 #: The simulated detector's MegaDetector batch output, in the dataset folder.
 DETECTIONS_NAME = "detections.json"
 #: Bump when the same parameters would draw different files, so old samples are rebuilt
-#: (``data.resolve_data_dir`` rebuilds a sample whose marker has another version).
-#: 2: the folder also holds detections.json.
-GENERATOR_VERSION = 2
+#: (``files.competition.resolve_data_dir`` rebuilds a sample whose marker has another version).
+#: 2: the folder also holds detections.json. 3: the simulated detector's rates tuned towards
+#: published MegaDetector figures (docs/sample.md).
+GENERATOR_VERSION = 3
 #: Written into the marker (not ``__name__``, which is "__main__" under ``python -m``).
 GENERATOR_NAME = "conserviz_utils.tools.sample"
 
@@ -225,9 +226,7 @@ def write_csvs(plan: pd.DataFrame, out: Path) -> None:
     """Write the four competition CSVs: features, one-hot labels and a uniform submission format."""
     train = plan[plan.split == "train"]
     test = plan[plan.split == "test"]
-    labels = pd.DataFrame(
-        {name: (train.species == name).astype(float) for name in SPECIES}, index=train.index
-    )
+    labels = one_hot(train.species)
     submission = pd.DataFrame(1.0 / len(SPECIES), index=test.index, columns=list(SPECIES))
     frames = {
         "train_features.csv": train[["filepath", "site"]],
@@ -300,9 +299,11 @@ def worker_count(workers: int | None, n_tasks: int) -> int:
     """The requested workers, or one per usable core; a single process for tiny samples."""
     if workers is not None:
         return workers
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    # Imported here: runtime.cpu loads torch, which the spawned drawing workers must not import.
+    from conserviz_utils.runtime.cpu import available_cpus
+
     # Starting a worker costs about a second; give each at least a few dozen images.
-    return 1 if n_tasks < 64 else max(1, min(cores or 1, 32, n_tasks // 32))
+    return 1 if n_tasks < 64 else max(1, min(available_cpus(), 32, n_tasks // 32))
 
 
 def draw_all(

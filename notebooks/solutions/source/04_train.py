@@ -14,14 +14,7 @@ check_best_learning_rate(best_lr, lr_histories)
 lr_histories = {recipe.head_lr: head_history}
 for lr in (recipe.head_lr * 10, recipe.head_lr / 10):
     head = fresh_head(model.head, seed=recipe.seed)
-    lr_histories[lr] = fit_head(
-        head,
-        embeddings.select(fit_ids), data.train_labels.loc[fit_ids],
-        embeddings.select(watch_ids), data.train_labels.loc[watch_ids],
-        optimizer=torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=recipe.head_weight_decay),
-        epochs=recipe.head_epochs, batch_size=recipe.head_batch_size,
-        early_stopping=recipe.head_patience, seed=recipe.seed, progress=False,
-    )
+    lr_histories[lr] = train_head(head, embeddings, data, train_ids, recipe.replace(head_lr=lr), progress=False)
     plot_loss_curve(lr_histories[lr]).suptitle(f"head lr {lr:g}")
 best_lr = min(lr_histories, key=lambda lr: best_epoch(lr_histories[lr])["eval_log_loss"])
 

@@ -1,0 +1,122 @@
+"""Checks and conversions of the plotting functions' inputs: labels, probabilities, image paths.
+
+Each refuses what a learner may pass by mistake with a `DataValidationError` that names the
+rows and the fix, before anything is drawn.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from conserviz_utils.errors import DataValidationError
+from conserviz_utils.labels import species_names
+from conserviz_utils.metrics import check_argument_order
+
+#: Labels as the plotting functions take them: the one-hot frame or a Series of species names.
+Labels = pd.DataFrame | pd.Series
+
+
+def features_and_labels(data_or_features, labels: Labels | None) -> tuple[pd.DataFrame, Labels]:
+    """Features and labels from a CompetitionData-like object or a features frame plus labels."""
+    if isinstance(data_or_features, pd.DataFrame):
+        features = data_or_features
+    elif hasattr(data_or_features, "train_features"):
+        features = data_or_features.train_features
+        if labels is None:
+            labels = data_or_features.train_labels
+    else:
+        raise DataValidationError(
+            "expected the competition data or a features frame, not "
+            f"{type(data_or_features).__name__}",
+            fix="pass load_competition(...) or its train_features with labels",
+        )
+    if labels is None:
+        raise DataValidationError("labels are missing", fix="pass labels=data.train_labels")
+    return features, labels
+
+
+def check_positive(value: int, name: str, example: int) -> None:
+    """Refuse anything but a positive integer."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise DataValidationError(
+            f"{name} must be a positive integer, got {value!r}", fix=f"pass e.g. {name}={example}"
+        )
+
+
+def require_paths(features: pd.DataFrame, ids: pd.Index) -> None:
+    """Refuse features without an absolute ``path`` for each of ``ids``."""
+    if not isinstance(features, pd.DataFrame) or "path" not in features.columns:
+        raise DataValidationError(
+            "features have no 'path' column (absolute image paths)",
+            column="path",
+            fix="use the features of load_competition, which adds it from filepath and the root",
+        )
+    missing = pd.Index(ids).difference(features.index)
+    if len(missing):
+        raise DataValidationError(
+            "these ids are not in the features",
+            rows=missing,
+            fix="pass the features of the same images",
+        )
+
+
+def check_probs(
+    probs: pd.DataFrame, fix: str = "pass the frame returned by predict", min_columns: int = 1
+) -> None:
+    """Refuse anything but a non-empty frame of numeric probabilities, one column per species.
+
+    Args:
+        probs: what was passed as the probabilities.
+        fix: the fix the error names (where the caller's probabilities come from).
+        min_columns: fewest species columns that make sense to the caller.
+    """
+    if not isinstance(probs, pd.DataFrame) or probs.empty or probs.shape[1] < min_columns:
+        raise DataValidationError(
+            "probabilities must be a non-empty DataFrame indexed by id with one column per species",
+            fix=fix,
+        )
+    non_numeric = [c for c in probs.columns if not pd.api.types.is_numeric_dtype(probs[c])]
+    if non_numeric:
+        raise DataValidationError(
+            "probabilities must be numbers", column=str(non_numeric[0]), fix=fix
+        )
+
+
+def unique_label_names(labels: Labels) -> pd.Series:
+    """One species name per image id (the labels module's rule), refusing repeated ids."""
+    names = species_names(labels, species=None).astype(str)
+    if names.index.has_duplicates:
+        raise DataValidationError(
+            "labels list some ids more than once",
+            rows=names.index[names.index.duplicated()].unique(),
+            fix="keep one label per image id",
+        )
+    return names
+
+
+def align_probs(probs: pd.DataFrame, labels: Labels, call: str) -> tuple[pd.DataFrame, pd.Series]:
+    """Probabilities and the true species of the same ids, in the order of ``probs``."""
+    check_argument_order(labels, probs, call)
+    check_probs(probs)
+    species = unique_label_names(labels)
+    missing = probs.index.difference(species.index)
+    if len(missing):
+        raise DataValidationError(
+            "these ids have probabilities but no label",
+            rows=missing,
+            fix="evaluate on labelled images (the eval side of the split)",
+        )
+    true = species.reindex(probs.index)
+    unknown = sorted(set(true) - set(probs.columns))
+    if unknown:
+        raise DataValidationError(
+            f"labels name species that have no probability column: {unknown}",
+            fix="predict with the same species list as the labels",
+        )
+    return probs, true
+
+
+def predicted_species(probs: pd.DataFrame) -> pd.Series:
+    """The most probable species of each row."""
+    names = probs.columns[probs.to_numpy().argmax(axis=1)].astype(str)
+    return pd.Series(names, index=probs.index, name="predicted")

@@ -1,0 +1,108 @@
+"""Augmentation that draws from (epoch, place in the epoch) alone, so a resumed run redraws it exactly.
+
+``fit`` makes each epoch's shuffle a function of (seed, epoch) and restores the main process's
+random states on resume (:mod:`conserviz_utils.runtime.resume`). Loader workers escape that: each
+worker seeds itself once, from a number drawn when the loader starts, and then draws for whatever
+images it happens to load, so after a resume, in fresh workers, the crops and flips differ and
+so do the weights. :func:`seeded_loader` closes the gap: every training image is transformed
+under a random state seeded from its epoch's shuffle and its place in that epoch, in a forked
+state that leaves the process's own untouched. The result is the same with 0 workers or 8, in
+one process or interrupted and resumed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+__all__ = ["SeededItems", "SeededSampler", "item_seed", "seeded_loader"]
+
+
+def item_seed(epoch_token: int, position: int) -> int:
+    """A well-mixed 32-bit seed for the image at ``position`` of the epoch drawn with ``epoch_token``."""
+    return int(np.random.SeedSequence([epoch_token, position]).generate_state(1)[0])
+
+
+class SeededSampler(Sampler):
+    """Wraps a shuffling sampler: yields ``(item seed, index)``, the seed fixed by the epoch's generator.
+
+    Its ``generator`` is the wrapped sampler's, so ``fit``'s per-epoch shuffle seeding reaches it.
+    """
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        """The wrapped sampler's generator."""
+        return self.sampler.generator
+
+    @generator.setter
+    def generator(self, generator: torch.Generator | None) -> None:
+        self.sampler.generator = generator
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = self.sampler.generator
+        # One draw before the shuffle's: the epoch's token, so each epoch augments anew.
+        token = int(torch.randint(0, 2**31 - 1, (), generator=generator)) if generator is not None else 0
+        for position, index in enumerate(self.sampler):
+            yield item_seed(token, position), index
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+
+class SeededItems(Dataset):
+    """A dataset read by ``(seed, index)`` keys: each item is made under its own random state."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str):
+        # The wrapped dataset's attributes (species, paths, ...), but never its batch protocol.
+        if name.startswith("__") or name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, key: tuple[int, int]):
+        seed, index = key
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
+
+
+def seeded_loader(loader: DataLoader) -> DataLoader:
+    """The same training loader, its augmentation seeded per image (see the module's docstring).
+
+    A loader that does not shuffle with a generator (an eval loader) is returned as it is.
+    """
+    sampler = loader.sampler
+    if loader.batch_size is None or not hasattr(sampler, "generator"):
+        return loader
+    return DataLoader(
+        SeededItems(loader.dataset),
+        batch_size=loader.batch_size,
+        sampler=SeededSampler(sampler),
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        generator=loader.generator,
+        persistent_workers=loader.persistent_workers,
+    )

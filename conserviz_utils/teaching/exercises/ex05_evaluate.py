@@ -1,0 +1,227 @@
+"""Checkers of notebook 05's exercises: one log loss by hand, a confident mistake, a confusion."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from conserviz_utils.metrics import EPS
+from conserviz_utils.teaching.exercises.results import (
+    as_name,
+    as_number,
+    close,
+    correct,
+    hint,
+    never_raises,
+    not_a_name,
+    not_a_number,
+    species_of,
+    unanswered,
+)
+
+ONE = "Exercise 1 · one prediction's log loss"
+WRONG = "Exercise 2 · a confidently wrong submission"
+# scikit-learn clips at the machine epsilon of the predictions' float type, not at 1e-15.
+SKLEARN_EPS = {"float64": float(np.finfo(np.float64).eps), "float32": float(np.finfo(np.float32).eps)}
+# The notebook shows probabilities rounded to 3 decimals; −ln of such a p is also right.
+DISPLAYED_DECIMALS = 3
+
+
+def _clipped_row(probs: pd.DataFrame, image_id) -> pd.Series:
+    """One image's probabilities after the competition's clip and renormalisation."""
+    row = probs.loc[image_id].astype(float).clip(EPS, 1 - EPS)
+    return row / row.sum()
+
+
+def _from_displayed(value: float, p: float) -> bool:
+    """True when ``value`` is −ln of ``p`` as the notebook displays it (rounded to 3 decimals)."""
+    shown = round(p, DISPLAYED_DECIMALS)
+    return shown > 0 and close(value, -math.log(shown))
+
+
+@never_raises(ONE, "the log loss of the image, one number")
+def check_one_log_loss(answer, labels, probs: pd.DataFrame, image_id):
+    """Exercise 05·1: the log loss of one prediction by hand, −ln p(true species).
+
+    Args:
+        answer: The learner's number.
+        labels: The eval labels.
+        probs: Their probabilities (a frame indexed by id, one column per species).
+        image_id: The image the exercise is about.
+    """
+    if answer is None:
+        return unanswered(ONE, f"the log loss of image {image_id}")
+    value = as_number(answer)
+    if value is None:
+        return not_a_number(ONE, answer, "the log loss")
+    species = species_of(labels)
+    if image_id not in probs.index or image_id not in species.index:
+        return hint(ONE, f"image {image_id!r} is not one of the eval images; set image_id = "
+                         "probs.index[0] as the cell did")
+    true = str(species.loc[image_id])
+    row = _clipped_row(probs, image_id)
+    p = float(row[true])
+    right = -math.log(p)
+    if math.isinf(value) and value > 0:
+        return hint(ONE, f"−ln 0 is infinite: the probability you took is 0 (or rounded to 0); "
+                         f"the model gave {true} a small but positive p, so use the unrounded "
+                         "probs.loc[image_id, true_species]")
+    if math.isnan(value) or math.isinf(value):
+        return hint(ONE, "your log loss is NaN or −inf: look for the log of a negative number or "
+                         "of 0 on the way")
+    if close(value, right) or _from_displayed(value, p):
+        return correct(ONE, f"the model gave the true species, {true}, p = {p:.3f}, so this image "
+                            f"costs −ln {p:.3f} = {right:.3f}; a sure right answer costs 0 and an "
+                            f"honest 1/{len(row)} costs {math.log(len(row)):.3f}")
+    if close(value, right / math.log(10)):
+        return hint(ONE, "that is the base-10 logarithm; log loss uses the natural one (np.log, "
+                         "math.log)")
+    if close(value, right / math.log(2)):
+        return hint(ONE, "that is the base-2 logarithm; log loss uses the natural one (np.log, "
+                         "math.log)")
+    if close(value, -right):
+        return hint(ONE, "log loss is −log p: yours is negative, flip the sign")
+    if close(value, p) or close(value, 100 * p):
+        return hint(ONE, "that is the probability of the true species itself; log loss is −log "
+                         "of it")
+    if close(value, -math.log(max(1 - p, EPS))):
+        return hint(ONE, "that is −log(1 − p); log loss is −log p of the true species")
+    predicted = str(row.idxmax())
+    if predicted != true and close(value, -math.log(row[predicted])):
+        return hint(ONE, f"that is −log of the most probable species' probability; use the true "
+                         f"species, {true}")
+    for other in row.index:
+        if other not in (true, predicted) and close(value, -math.log(row[other])):
+            return hint(ONE, f"that is −log of {other}'s probability; use the true species, {true}")
+    ids = probs.index.intersection(species.index)
+    if len(ids) > 1:
+        rows = probs.loc[ids].astype(float).clip(EPS, 1 - EPS)
+        rows = rows.div(rows.sum(axis=1), axis=0)
+        costs = [-math.log(rows.at[i, species[i]]) for i in ids if species[i] in rows.columns]
+        if costs and close(value, float(np.mean(costs))):
+            return hint(ONE, "that is the mean over all eval images; take the one image")
+        if costs and close(value, float(np.sum(costs))):
+            return hint(ONE, "that is the sum over all eval images; take the one image")
+    return hint(ONE, f"not quite: find the probability the model gave image {image_id}'s true "
+                     "species, then take −ln of it")
+
+
+@never_raises(WRONG, "the log loss of the confidently wrong submission, one number")
+def check_confidently_wrong(answer, labels):
+    """Exercise 05·2: the log loss of a submission sure of a wrong species for every image.
+
+    The right answer is what the competition's metric gives: every probability clipped to
+    [1e-15, 1 − 1e-15] and each row renormalised, so each image costs about −ln 1e-15 ≈ 34.5.
+
+    Args:
+        answer: The learner's number.
+        labels: The labels of the images scored (``eval_labels``).
+    """
+    if answer is None:
+        return unanswered(WRONG, "the log loss of the confidently wrong submission")
+    value = as_number(answer)
+    if value is None:
+        return not_a_number(WRONG, answer, "the log loss")
+    classes = labels.shape[1] if isinstance(labels, pd.DataFrame) else species_of(labels).nunique()
+    classes = max(int(classes), 2)
+    images = len(labels)
+    right = -math.log(EPS / (1 - EPS + (classes - 1) * EPS))
+    uniform = math.log(classes)
+    if math.isinf(value) and value > 0:
+        return hint(WRONG, "the competition clips every probability to [1e-15, 1 − 1e-15] before "
+                           "the log, so one zero cannot make the score infinite; clip first, or "
+                           "use log_loss(eval_labels, probs)")
+    if math.isnan(value) or math.isinf(value):
+        return hint(WRONG, "your log loss is NaN or −inf: the log of 0 or of a negative number got "
+                           "in; use log_loss(eval_labels, wrong), which clips first")
+    if close(value, right):
+        return correct(WRONG, f"every image costs −ln 1e-15 ≈ {right:.1f} after clipping, "
+                              f"{right / uniform:.0f} times the uniform baseline's {uniform:.3f}: "
+                              "one confident mistake outweighs dozens of good guesses")
+    for dtype, eps in SKLEARN_EPS.items():
+        if close(value, -math.log(eps)):
+            return hint(WRONG, f"that is scikit-learn's log_loss on {dtype} probabilities: it clips "
+                               f"at {eps:.1e}, the competition at 1e-15; score with conserviz's "
+                               "log_loss (from conserviz_utils.metrics)")
+    if close(value, right / math.log(10)):
+        return hint(WRONG, "that is the base-10 logarithm; log loss uses the natural one")
+    if value < 0:
+        return hint(WRONG, "log loss is −log p, never negative: flip the sign")
+    if close(value, 0.0):
+        return hint(WRONG, "0 is a perfect score; a confidently wrong submission is the worst one")
+    if close(value, 1.0):
+        return hint(WRONG, "that is the error rate (every image wrong); the question asks for the "
+                           "log loss")
+    if close(value, uniform):
+        return hint(WRONG, "that is the uniform baseline, an honest 'don't know'; put all the "
+                           "probability on a wrong species")
+    if images > 1 and close(value, right * images):
+        return hint(WRONG, f"that is the sum over the {images} images; log loss is the mean")
+    if uniform < value < right:
+        return hint(WRONG, "your submission still gives the true species some probability; put 1 "
+                           "on a wrong species and 0 on every other, the true one included")
+    return hint(WRONG, "not quite: build the probabilities (1 on a wrong species, 0 elsewhere) and "
+                       "score them with log_loss(eval_labels, wrong)")
+
+
+@never_raises("Exercise 3 · what a species is mistaken for", "one species name, a string")
+def check_most_common_confusion(answer, labels, probs: pd.DataFrame, true_species: str):
+    """Exercise 05·3: the wrong species the model most often picks for images of ``true_species``.
+
+    Answer ``"none"`` when the model never gets that species wrong.
+    """
+    name = f"Exercise 3 · what {true_species} is mistaken for"
+    if answer is None:
+        return unanswered(name, f"the species most often predicted for true {true_species} images")
+    species = species_of(labels).reindex(probs.index)
+    predicted = probs.astype(float).idxmax(axis=1).astype(str)
+    mistakes = predicted[(species == true_species) & (predicted != true_species)]
+    guess = as_name(answer)
+    if guess is None:
+        if as_number(answer) is not None:
+            return hint(name, "that is a number; give the species' name, a string like the "
+                              "probability columns")
+        return not_a_name(name, answer, "the species")
+    known = [str(c) for c in probs.columns]
+    if guess.lower() == "none":
+        guess = "none"
+    elif guess not in known:
+        same_letters = [c for c in known if c.lower() == guess.lower()]
+        if same_letters:
+            return hint(name, f"check the upper and lower case: the species is written "
+                              f"{same_letters[0]!r}")
+        return hint(name, f"{guess!r} is not a species; use one of the probability columns")
+    n_true = int((species == true_species).sum())
+    if mistakes.empty:
+        if guess == "none":
+            return correct(name, f"the model gets every one of the {n_true} {true_species} images "
+                                 "right")
+        return hint(name, f"the model never gets {true_species} wrong here; answer 'none'")
+    counts = mistakes.value_counts()
+    top = sorted(counts.index[counts == counts.max()])
+    if guess in top:
+        return correct(name, f"{int(counts[guess])} of the {n_true} {true_species} images are "
+                             f"predicted {guess}; the explorer shows which of them it was surest "
+                             "about")
+    if guess == true_species:
+        return hint(name, f"predicting {true_species} is right for those images; the question "
+                          "asks which wrong species the model picks most")
+    if guess == "none":
+        return hint(name, f"the model does get some {true_species} images wrong; look at that row "
+                          "of the confusion matrix")
+    column = species[(predicted == true_species) & (species != true_species)].value_counts()
+    tops_column = bool(len(column)) and guess in column.index[column == column.max()]
+    if int(counts.get(guess, 0)):
+        also = (f"; {guess} also tops the column of {true_species} (images predicted "
+                f"{true_species}), which is the other direction" if tops_column else "")
+        return hint(name, f"the model puts {int(counts[guess])} of the {n_true} {true_species} "
+                          f"images in {guess}, but another species gets more: compare the counts "
+                          f"along the row of true {true_species}{also}")
+    if tops_column:
+        return hint(name, f"you read a column of the confusion matrix: those are {guess} images "
+                          f"predicted {true_species}; the question is about images that are "
+                          f"{true_species} (its row)")
+    return hint(name, f"the model never predicts {guess} for a {true_species} image; filter the "
+                      f"explorer by true species {true_species} and count the predictions")
