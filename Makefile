@@ -23,7 +23,7 @@ endif
 # GPU): the same course without the CUDA libraries of the default Linux wheels.
 TORCH_FROM_INDEX = $(BIN)/pip install torch torchvision --index-url https://download.pytorch.org/whl/$(TORCH_INDEX)
 
-.PHONY: course test unit notebooks solutions lab site benchmark sample clean
+.PHONY: stored-outputs course test unit notebooks solutions lab site benchmark sample clean
 
 # The course's environment, rebuilt when pyproject.toml changes.
 $(COURSE_STAMP): pyproject.toml
@@ -65,6 +65,14 @@ notebooks: $(TEST_STAMP)
 # from notebooks/solutions/source/: run it after editing an exercise or re-running a notebook.
 solutions: $(COURSE_STAMP)
 	$(BIN)/python -m conserviz_utils.teaching.solutions
+
+# The outputs stored in the committed notebooks: one quick run from scratch into one folder
+# (outputs/stored), copied into notebooks/ cell by cell with this machine's paths made relative,
+# then the solved copies rebuilt. Run it after changing a notebook, before committing.
+stored-outputs: $(COURSE_STAMP)
+	rm -rf outputs/stored
+	CONSERVIZ_QUICK=1 $(BIN)/conserviz course --outputs outputs/stored
+	$(BIN)/python -m conserviz_utils.teaching.stored_outputs outputs/stored/executed
 
 # Containers, JupyterHub images and CI machines run as root: Jupyter refuses that unless told.
 AS_ROOT = $$(if [ "$$(id -u)" = 0 ]; then echo --allow-root; fi)

@@ -118,3 +118,9 @@ class SampleFolderError(ConservizError, FileExistsError):
 
 class SampleParameterError(ConservizError, ValueError):
     """A parameter of the sample generator is out of range."""
+
+
+def refuse_repeated_ids(index, what: str, fix: str, error: type[ConservizError] = DataValidationError) -> None:
+    """Raise ``error`` naming the ids that ``index`` (a pandas Index) holds more than once."""
+    if index.has_duplicates:
+        raise error(f"{what} list some ids more than once", rows=index[index.duplicated()].unique(), fix=fix)

@@ -82,8 +82,16 @@ def with_figure_style(draw: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(draw)
     def styled(*args: P.args, **kwargs: P.kwargs) -> R:
-        with mpl.rc_context(FIGURE_STYLE):
+        # Only the style's own keys are saved and put back. mpl.rc_context restores every
+        # setting, "interactive" too: when a notebook's first figure activates the inline
+        # backend inside the context, that restore turns interactive mode back off and every
+        # later figure of the kernel stops showing.
+        saved = {key: mpl.rcParams[key] for key in FIGURE_STYLE}
+        mpl.rcParams.update(FIGURE_STYLE)
+        try:
             return draw(*args, **kwargs)
+        finally:
+            mpl.rcParams.update(saved)
 
     return styled
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from conserviz_utils.errors import DataValidationError
+from conserviz_utils.errors import DataValidationError, refuse_repeated_ids
 from conserviz_utils.labels import species_names
 from conserviz_utils.metrics import check_argument_order
 
@@ -82,31 +82,22 @@ def check_probs(
         )
 
 
-def unique_label_names(labels: Labels) -> pd.Series:
-    """One species name per image id (the labels module's rule), refusing repeated ids."""
-    names = species_names(labels, species=None).astype(str)
-    if names.index.has_duplicates:
-        raise DataValidationError(
-            "labels list some ids more than once",
-            rows=names.index[names.index.duplicated()].unique(),
-            fix="keep one label per image id",
-        )
-    return names
+def names_of(labels: Labels, ids: pd.Index, problem: str, fix: str) -> pd.Series:
+    """The species name of each of ``ids``, in their order, refusing repeated ids and ids without a label."""
+    names = species_names(labels, species=None).astype(str)  # the labels module's rule
+    refuse_repeated_ids(names.index, "labels", fix="keep one label per image id")
+    unlabelled = ids.difference(names.index)
+    if len(unlabelled):
+        raise DataValidationError(problem, rows=unlabelled, fix=fix)
+    return names.reindex(ids)
 
 
 def align_probs(probs: pd.DataFrame, labels: Labels, call: str) -> tuple[pd.DataFrame, pd.Series]:
     """Probabilities and the true species of the same ids, in the order of ``probs``."""
     check_argument_order(labels, probs, call)
     check_probs(probs)
-    species = unique_label_names(labels)
-    missing = probs.index.difference(species.index)
-    if len(missing):
-        raise DataValidationError(
-            "these ids have probabilities but no label",
-            rows=missing,
-            fix="evaluate on labelled images (the eval side of the split)",
-        )
-    true = species.reindex(probs.index)
+    true = names_of(labels, probs.index, "these ids have probabilities but no label",
+                    fix="evaluate on labelled images (the eval side of the split)")
     unknown = sorted(set(true) - set(probs.columns))
     if unknown:
         raise DataValidationError(

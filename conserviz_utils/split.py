@@ -22,7 +22,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from conserviz_utils import SPECIES
-from conserviz_utils.errors import DataValidationError
+from conserviz_utils.errors import DataValidationError, refuse_repeated_ids
 from conserviz_utils.files.fileio import atomic_write_csv
 from conserviz_utils.labels import species_names
 
@@ -75,12 +75,7 @@ def labels_to_species(labels: pd.DataFrame | pd.Series) -> pd.Series:
     species = species_names(labels, species=None)
     if species.empty:
         raise DataValidationError("labels are empty", fix="pass at least one labelled image")
-    if species.index.has_duplicates:
-        raise DataValidationError(
-            "labels list some ids more than once",
-            rows=species.index[species.index.duplicated()].unique(),
-            fix="keep one label row per image id",
-        )
+    refuse_repeated_ids(species.index, "labels", fix="keep one label row per image id")
     # rename_axis copies the index: the caller's frame keeps its own index name.
     return species.astype(str).rename_axis("id")
 
@@ -209,12 +204,7 @@ def _sites_of(features: pd.DataFrame, ids: pd.Index) -> pd.Series:
             column="site",
             fix="pass the train_features frame (index id, columns filepath and site)",
         )
-    if features.index.has_duplicates:
-        raise DataValidationError(
-            "features list some ids more than once",
-            rows=features.index[features.index.duplicated()].unique(),
-            fix="keep one row per image id",
-        )
+    refuse_repeated_ids(features.index, "features", fix="keep one row per image id")
     unknown = ids.difference(features.index)
     if len(unknown):
         raise DataValidationError(

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from conserviz_utils.errors import SubmissionError
+from conserviz_utils.errors import SubmissionError, refuse_repeated_ids
 from conserviz_utils.files.fileio import atomic_writer
 
 #: How far a row's probabilities may sum from 1.
@@ -194,12 +194,7 @@ def _check_columns(
 
 def _check_ids(df: pd.DataFrame, submission_format: pd.DataFrame) -> None:
     """Refuse duplicated ids, test ids without a row, and rows that are not test ids."""
-    if df.index.has_duplicates:
-        raise SubmissionError(
-            "some ids appear more than once",
-            rows=df.index[df.index.duplicated()].unique(),
-            fix="keep one row per test id",
-        )
+    refuse_repeated_ids(df.index, "the submission", fix="keep one row per test id", error=SubmissionError)
     for ids, listed, problem, fix in [
         (submission_format.index, df.index, "test ids without a prediction",
          "predict on every test image (data.test_features) with on_error='raise'"),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 
-from conserviz_utils.teaching.claims import compare, describe_curve
+from conserviz_utils.teaching.claims import compare, describe_blank, describe_curve
 
 
 def test_a_lower_log_loss_helped_and_says_by_how_much():
@@ -63,3 +64,30 @@ def test_a_curve_needs_finite_numbers():
         describe_curve([])
     with pytest.raises(ValueError):
         describe_curve([1.0, math.nan])
+
+
+# True: 2 blank, 4 hog, 2 rodent, 1 bird. Predicted blank: both blanks, 2 hogs (50 %), 1 rodent
+# (50 %); the bird is never called blank.
+TRUTH = pd.Series(["blank", "blank", "hog", "hog", "hog", "hog", "rodent", "rodent", "bird"], index=list("abcdefghi"))
+CALLED = pd.Series(["blank", "blank", "blank", "blank", "hog", "hog", "blank", "rodent", "bird"],
+                   index=list("abcdefghi"))
+
+
+def test_blank_counts_its_answers_against_the_truth_and_names_what_it_swallows():
+    assert describe_blank(TRUTH, CALLED) == (
+        "The model predicts blank for 5 of the 9 images, against 2 that really are blank; 3 of its blank "
+        "answers are animals. The species it swallows most, as shares of their own images: hog 50%, rodent 50%."
+    )
+    assert describe_blank(TRUTH, CALLED, top=1).endswith("own images: hog 50%.")
+
+
+def test_blank_aligns_on_the_ids_and_says_when_it_swallows_nothing():
+    shuffled = TRUTH.iloc[::-1]  # the same images in another order
+    assert describe_blank(shuffled, CALLED) == describe_blank(TRUTH, CALLED)
+    assert describe_blank(TRUTH, TRUTH).endswith(
+        "0 of its blank answers are animals. It swallows no animal into blank.")
+
+
+def test_blank_needs_a_truth_for_every_prediction():
+    with pytest.raises(ValueError, match="every id"):
+        describe_blank(TRUTH.iloc[1:], CALLED)

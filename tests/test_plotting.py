@@ -407,3 +407,27 @@ def test_plotting_leaves_the_global_style_alone(dataset):
     before = dict(plt.rcParams)
     plot_class_distribution(labels)
     assert dict(plt.rcParams) == before
+
+
+def test_every_figure_of_a_notebook_shows_not_only_the_first():
+    """In a real kernel, a second plotting call (and a plain pyplot figure after) still shows.
+
+    Restoring every rc setting after a plotting function once turned the inline backend's
+    interactive mode off, so only a notebook's first figure appeared.
+    """
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    setup = (
+        "import numpy as np, pandas as pd, matplotlib.pyplot as plt\n"
+        "from conserviz_utils import SPECIES\n"
+        "from conserviz_utils.plotting import plot_prediction_distribution\n"
+        "probs = pd.DataFrame(np.full((4, 8), 1 / 8), columns=SPECIES, index=list('abcd'))\n"
+        "labels = pd.Series(['bird'] * 4, index=list('abcd'))\n"
+        "plt.get_backend()"
+    )
+    cells = [setup, "plot_prediction_distribution(probs, labels);",
+             "if True:\n    plot_prediction_distribution(probs, labels);", "plt.plot([1, 2]);"]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    shown = [sum("image/png" in o.get("data", {}) for o in cell.outputs) for cell in notebook.cells]
+    assert shown == [0, 1, 1, 1]

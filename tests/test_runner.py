@@ -303,5 +303,11 @@ def test_after_a_stop_the_runner_says_how_to_resume_only_when_fine_tuning_saved_
     state.write_bytes(b"state")
     written = state.stat().st_mtime
     hint = resume_hint(state, since=written - 1)
-    assert str(state) in hint and "resume_from=artifacts.resume" in hint and "04_train" in hint
+    assert str(state) in hint and "04_train" in hint
+    # What notebook 04's fine-tuning cell calls, and the argument that makes it carry on.
+    assert "`fine_tune(..., resume_path=artifacts.resume)`" in hint and "`resume=True`" in hint
+    assert "resume_from" not in hint and "`fit` call" not in hint
+    notebook = nbformat.read(PROJECT_ROOT / "notebooks" / "04_train.ipynb", as_version=4)
+    assert any("fine_tune(" in cell.source and "resume_path=artifacts.resume" in cell.source
+               for cell in notebook.cells if cell.cell_type == "code"), "the hint names a call 04 no longer makes"
     assert resume_hint(state, since=written + 60).startswith("Nothing to resume")  # an older run's state

@@ -48,7 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from conserviz_utils.files.fileio import atomic_write_json, atomic_write_text
+from conserviz_utils.files.fileio import atomic_write_json, atomic_write_text, user_cache_dir
 
 __all__ = [
     "DATA_PARTS",
@@ -92,16 +92,8 @@ _CHUNK = 1 << 20  # read files in 1 MiB pieces: hashlib releases the GIL on big 
 
 
 def digest_cache_dir() -> Path:
-    """Where file digests are cached: ``$CONSERVIZ_CACHE_DIR``, ``$XDG_CACHE_HOME/conserviz`` or ``~/.cache/conserviz``.
-
-    The same folder as the precision decisions of ``device``, under ``file-digests/``.
-    """
-    folder = os.environ.get("CONSERVIZ_CACHE_DIR", "").strip()
-    if folder:
-        return Path(folder).expanduser() / "file-digests"
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "conserviz" / "file-digests"
+    """Where file digests are cached: ``file-digests/`` in the cache folder (`fileio.user_cache_dir`)."""
+    return user_cache_dir() / "file-digests"
 
 
 def file_digest(path: str | os.PathLike) -> str:

@@ -5,6 +5,7 @@ Every artifact conserviz writes (checkpoints, splits, metrics, submissions, cach
 and only then replace the target with ``os.replace``. A crash, a full disk or Ctrl-C during the
 write leaves the previous file as it was and no temporary file behind. When the write fails, the
 error names the real target (not the hidden temporary file) and says how to fix it.
+:func:`user_cache_dir` is where the per-user caches (precision decisions, file digests) live.
 """
 
 from __future__ import annotations
@@ -27,8 +28,18 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "atomic_writer",
+    "user_cache_dir",
     "write_failure_fix",
 ]
+
+def user_cache_dir() -> Path:
+    """conserviz's per-user cache folder: ``$CONSERVIZ_CACHE_DIR``, ``$XDG_CACHE_HOME/conserviz`` or ``~/.cache/conserviz``."""
+    folder = os.environ.get("CONSERVIZ_CACHE_DIR", "").strip()
+    if folder:
+        return Path(folder).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "conserviz"
+
 
 #: Temporary files start with this and end with ``.tmp``; their name carries the writer's pid so
 #: that leftovers of killed runs can be told apart from writes in progress.

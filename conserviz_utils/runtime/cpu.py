@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from conserviz_utils.errors import ConservizError
-from conserviz_utils.files.fileio import atomic_write_json
+from conserviz_utils.files.fileio import atomic_write_json, user_cache_dir
 
 #: What a precision is chosen for: training (forward + backward) or inference (forward only).
 PURPOSES = ("train", "inference")
@@ -38,9 +38,6 @@ PROBE_WARMUP_STEPS = 1
 
 #: Steps timed per precision; the median counts (a shared machine makes single steps noisy).
 PROBE_STEPS = 3
-
-#: Environment variable naming the folder of conserviz's per-user cache files.
-CACHE_DIR_ENV = "CONSERVIZ_CACHE_DIR"
 
 #: Name of the precision decisions file inside the cache folder.
 PRECISION_CACHE_NAME = "precision.json"
@@ -265,13 +262,8 @@ def time_precisions(
 
 
 def precision_cache_path() -> Path:
-    """The decisions file: ``$CONSERVIZ_CACHE_DIR``, ``$XDG_CACHE_HOME/conserviz`` or ``~/.cache/conserviz``."""
-    folder = os.environ.get(CACHE_DIR_ENV, "").strip()
-    if folder:
-        return Path(folder).expanduser() / PRECISION_CACHE_NAME
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "conserviz" / PRECISION_CACHE_NAME
+    """The decisions file, in the cache folder (`fileio.user_cache_dir`)."""
+    return user_cache_dir() / PRECISION_CACHE_NAME
 
 
 def machine_fields() -> dict[str, Any]:

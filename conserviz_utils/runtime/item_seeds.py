@@ -19,12 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["SeededItems", "SeededSampler", "item_seed", "seeded_loader"]
+from conserviz_utils.runtime.resume import mixed_seed
 
-
-def item_seed(epoch_token: int, position: int) -> int:
-    """A well-mixed 32-bit seed for the image at ``position`` of the epoch drawn with ``epoch_token``."""
-    return int(np.random.SeedSequence([epoch_token, position]).generate_state(1)[0])
+__all__ = ["SeededItems", "SeededSampler", "seeded_loader"]
 
 
 class SeededSampler(Sampler):
@@ -50,7 +47,7 @@ class SeededSampler(Sampler):
         # One draw before the shuffle's: the epoch's token, so each epoch augments anew.
         token = int(torch.randint(0, 2**31 - 1, (), generator=generator)) if generator is not None else 0
         for position, index in enumerate(self.sampler):
-            yield item_seed(token, position), index
+            yield mixed_seed(token, position), index
 
     def __len__(self) -> int:
         return len(self.sampler)  # type: ignore[arg-type]

@@ -102,7 +102,7 @@ class ShuffleControl:
         """Make the coming epoch's order a function of (seed, epoch) only."""
         if self.sampler is not None:
             generator = torch.Generator()
-            generator.manual_seed(epoch_seed(seed, epoch))
+            generator.manual_seed(mixed_seed(seed, epoch))
             self.sampler.generator = generator
         if self.distributed is not None:
             self.distributed.set_epoch(epoch)
@@ -113,9 +113,9 @@ class ShuffleControl:
             self.sampler.generator = self.original
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed 32-bit seed for one epoch's shuffle."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+def mixed_seed(first: int, second: int) -> int:
+    """A well-mixed 32-bit seed of two numbers: (seed, epoch) for a shuffle, (epoch token, position) for an image."""
+    return int(np.random.SeedSequence([first, second]).generate_state(1)[0])
 
 
 def rng_snapshot(device: torch.device) -> tuple:
@@ -180,7 +180,7 @@ __all__ = [
     "SkipBatches",
     "draw_seed",
     "epoch_batches",
-    "epoch_seed",
+    "mixed_seed",
     "rng_plain",
     "rng_restore",
     "rng_snapshot",

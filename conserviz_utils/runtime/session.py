@@ -323,7 +323,7 @@ class Session:
             keyed = self.keyed_callbacks()
             for key, saved in state["extra"].get("callbacks", {}).items():
                 if key in keyed:
-                    load_callback_state(path, key, keyed[key], saved)
+                    load_part(path, key, keyed[key], saved)
         self.history.load_columns(state.get("history") or {})
         self.resumed_from = str(path)
 
@@ -368,29 +368,17 @@ class Session:
 
 
 def load_part(path: Path, part: str, target: Any, state: Any) -> None:
-    """Load a saved optimizer or scheduler state into ``target``, with a clear error if it does not fit."""
+    """Load a saved state (the optimizer's, the scheduler's, a callback's) into ``target``; a clear error if it does not fit."""
     if state is None or target is None:
         return
     try:
         target.load_state_dict(state)
-    except (ValueError, KeyError) as err:
+    except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(
             f"its {part} state does not fit the {part} given ({err})",
             path=path,
-            fix=f"pass the same kind of {part} over the same parameters as the interrupted run",
+            fix=f"pass the same kind of {part} as the interrupted run (an optimizer: over the same parameters)",
         ) from None
 
 
-def load_callback_state(path: Path, key: str, callback: Callback, state: dict) -> None:
-    """Give a callback back its saved state, with a clear error if it does not fit."""
-    try:
-        callback.load_state_dict(state)
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(
-            f"the saved state of {key} does not fit the {key} given ({err})",
-            path=path,
-            fix=f"pass the same kind of {key} as the interrupted run",
-        ) from None
-
-
-__all__ = ["Session", "load_callback_state", "load_part"]
+__all__ = ["Session", "load_part"]

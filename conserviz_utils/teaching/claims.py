@@ -91,4 +91,30 @@ def describe_curve(values: Sequence[float], *, what: str = "the loss", tolerance
             f"to {end:.3f} at epoch {len(points)} ({rise:.3f} higher).")
 
 
-__all__ = ["Comparison", "compare", "describe_curve"]
+def describe_blank(truth, predicted, *, blank: str = "blank", top: int = 3) -> str:
+    """Say how often ``predicted`` answers blank against ``truth``, and which species it swallows most.
+
+    Args:
+        truth: Each image's true species, a pandas Series indexed by image id.
+        predicted: Each image's predicted species, a Series with the same ids (``probs.idxmax(axis=1)``).
+        blank: The name of the empty-frame class.
+        top: How many swallowed species to name, largest share first.
+    """
+    predicted = predicted.astype(str)
+    truth = truth.reindex(predicted.index)
+    if predicted.empty or truth.isna().any():
+        raise ValueError("truth must hold a species for every id of predicted, and predicted at least one id")
+    truth = truth.astype(str)
+    called = predicted == blank
+    animals = int((called & (truth != blank)).sum())
+    said = (f"The model predicts {blank} for {int(called.sum())} of the {len(predicted)} images, against "
+            f"{int((truth == blank).sum())} that really are {blank}; {animals} of its {blank} answers are animals.")
+    shares = called[truth != blank].groupby(truth[truth != blank]).mean().sort_values(ascending=False, kind="stable")
+    shares = shares[shares > 0].head(top)
+    if shares.empty:
+        return f"{said} It swallows no animal into {blank}."
+    named = ", ".join(f"{name} {share:.0%}" for name, share in shares.items())
+    return f"{said} The species it swallows most, as shares of their own images: {named}."
+
+
+__all__ = ["Comparison", "compare", "describe_blank", "describe_curve"]

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from conserviz_utils.errors import DataValidationError, ImageLoadError
+from conserviz_utils.errors import DataValidationError, ImageLoadError, refuse_repeated_ids
 from conserviz_utils.files.images import open_image
 from conserviz_utils.metrics import check_argument_order
 from conserviz_utils.palette import (
@@ -31,7 +31,7 @@ from conserviz_utils.palette import (
     WRONG_COLOUR,
     stretch_for_display,
 )
-from conserviz_utils.plot_inputs import check_probs, unique_label_names
+from conserviz_utils.plot_inputs import check_probs, names_of
 from conserviz_utils.split import species_order
 
 #: The dropdown entry that matches every species or site.
@@ -79,15 +79,8 @@ def filter_images(
         )
     table = features[["path", "site"]].copy()
     if labels is not None:
-        names = unique_label_names(labels)
-        unlabelled = table.index.difference(names.index)
-        if len(unlabelled):
-            raise DataValidationError(
-                "these images have no label",
-                rows=unlabelled,
-                fix="pass labels for every image, or labels=None to browse unlabelled images",
-            )
-        table["species"] = names.reindex(table.index)
+        table["species"] = names_of(labels, table.index, "these images have no label",
+                                    fix="pass labels for every image, or labels=None to browse unlabelled images")
     if species != ALL:
         if labels is None:
             raise DataValidationError(
@@ -112,7 +105,37 @@ def filter_images(
     return table
 
 
-class ImageBrowser(widgets.VBox):
+class _FilteredView(widgets.VBox):
+    """Dropdowns that filter the rows (``_refilter``) and a slider that walks them (``_show``)."""
+
+    _refreshing = False  # True while _rewind moves the slider: one redraw, not one per change
+
+    def _watch(self, dropdowns: list[widgets.Dropdown], slider: widgets.IntSlider) -> None:
+        """Refilter on a dropdown's change, redraw on the slider's, and draw the first view."""
+        for dropdown in dropdowns:
+            dropdown.observe(self._on_filter, names="value")
+        slider.observe(self._on_slide, names="value")
+        self._refilter()
+
+    def _on_filter(self, _change: dict) -> None:
+        self._refilter()
+
+    def _on_slide(self, _change: dict) -> None:
+        if not self._refreshing:
+            self._show()
+
+    def _rewind(self, slider: widgets.IntSlider, last: int) -> None:
+        """Put ``slider`` back at 0 over 0..``last``, disabled when there is nowhere to go."""
+        self._refreshing = True
+        try:
+            slider.value = 0
+            slider.max = last
+            slider.disabled = last < 1
+        finally:
+            self._refreshing = False
+
+
+class ImageBrowser(_FilteredView):
     """Species and site dropdowns, a slider through the matching images, and the image itself."""
 
     def __init__(
@@ -140,7 +163,6 @@ class ImageBrowser(widgets.VBox):
         )
         self.caption = widgets.HTML()
         self.matches = everything
-        self._refreshing = False
         super().__init__([
             widgets.HBox([self.species, self.site]),
             widgets.HBox([self.slider, self.count]),
@@ -148,30 +170,14 @@ class ImageBrowser(widgets.VBox):
             self.caption,
         ])
         self.add_class("conserviz-image-browser")  # a handle for the browser test and CSS
-        self.species.observe(self._on_filter, names="value")
-        self.site.observe(self._on_filter, names="value")
-        self.slider.observe(self._on_slide, names="value")
-        self._refilter()
-
-    def _on_filter(self, _change: dict) -> None:
-        self._refilter()
-
-    def _on_slide(self, _change: dict) -> None:
-        if not self._refreshing:
-            self._show()
+        self._watch([self.species, self.site], self.slider)
 
     def _refilter(self) -> None:
         """Apply the dropdowns, reset the slider to the new matches and show the first one."""
         self.matches = filter_images(
             self._features, self._labels, self.species.value, self.site.value
         )
-        self._refreshing = True  # one redraw below, not one per slider change
-        try:
-            self.slider.value = 0
-            self.slider.max = max(len(self.matches) - 1, 0)
-            self.slider.disabled = len(self.matches) <= 1
-        finally:
-            self._refreshing = False
+        self._rewind(self.slider, max(len(self.matches) - 1, 0))
         self.count.value = f"{len(self.matches):,} matching image(s)"
         self._show()
 
@@ -224,12 +230,7 @@ def _probability_table(probs: pd.DataFrame) -> pd.DataFrame:
     check_probs(
         probs, fix="pass the eval probabilities, e.g. apply_temperature(logits, 1.0)", min_columns=2
     )
-    if probs.index.has_duplicates:
-        raise DataValidationError(
-            "probabilities list some ids more than once",
-            rows=probs.index[probs.index.duplicated()].unique(),
-            fix="keep one row of probabilities per image id",
-        )
+    refuse_repeated_ids(probs.index, "probabilities", fix="keep one row of probabilities per image id")
     return probs.astype(float)
 
 
@@ -266,20 +267,9 @@ def prediction_table(
             f"features must be a DataFrame with path and site columns, not {type(features).__name__}",
             fix="pass data.train_features",
         )
-    if features.index.has_duplicates:
-        raise DataValidationError(
-            "features list some ids more than once",
-            rows=features.index[features.index.duplicated()].unique(),
-            fix="keep one row per image id",
-        )
-    names = unique_label_names(labels)
-    unlabelled = probs.index.difference(names.index)
-    if len(unlabelled):
-        raise DataValidationError(
-            "these predicted images have no label",
-            rows=unlabelled,
-            fix="pass the labels of the eval images, e.g. data.train_labels",
-        )
+    refuse_repeated_ids(features.index, "features", fix="keep one row per image id")
+    true = names_of(labels, probs.index, "these predicted images have no label",
+                    fix="pass the labels of the eval images, e.g. data.train_labels")
     table = filter_images(features.reindex(probs.index), None)  # checks path and site
     missing = probs.index[table["path"].isna().to_numpy()]
     if len(missing):
@@ -289,7 +279,6 @@ def prediction_table(
             rows=missing,
             fix="pass the features the eval images come from (data.train_features)",
         )
-    true = names.reindex(probs.index)
     unknown = sorted(set(true) - set(map(str, probs.columns)))
     if unknown:
         raise DataValidationError(
@@ -367,7 +356,7 @@ def probability_bars_html(probabilities: pd.Series, true_species: str) -> str:
     return f'<div class="conserviz-bars">{"".join(rows)}</div>'
 
 
-class PredictionExplorer(widgets.VBox):
+class PredictionExplorer(_FilteredView):
     """True-species, predicted-species and site dropdowns over the eval images, surest first.
 
     Each matching image is shown with its id, site, true species and a bar of its probabilities;
@@ -437,7 +426,6 @@ class PredictionExplorer(widgets.VBox):
             card.add_class("conserviz-card")
             self.cards.append((card, image, caption))
         self.matches = everything
-        self._refreshing = False
         super().__init__([
             widgets.HBox([self.true_species, self.predicted_species, self.site]),
             widgets.HBox([self.page, self.count, self.link]),
@@ -447,17 +435,7 @@ class PredictionExplorer(widgets.VBox):
             ),
         ])
         self.add_class("conserviz-prediction-explorer")  # a handle for the browser test and CSS
-        for dropdown in (self.true_species, self.predicted_species, self.site):
-            dropdown.observe(self._on_filter, names="value")
-        self.page.observe(self._on_page, names="value")
-        self._refilter()
-
-    def _on_filter(self, _change: dict) -> None:
-        self._refilter()
-
-    def _on_page(self, _change: dict) -> None:
-        if not self._refreshing:
-            self._show()
+        self._watch([self.true_species, self.predicted_species, self.site], self.page)
 
     def _refilter(self) -> None:
         """Apply the dropdowns, go back to the first page and draw it."""
@@ -470,13 +448,7 @@ class PredictionExplorer(widgets.VBox):
             self.site.value,
         )
         pages = max(-(-len(self.matches) // self.per_page), 1)
-        self._refreshing = True  # one redraw below, not one per slider change
-        try:
-            self.page.value = 0
-            self.page.max = pages - 1
-            self.page.disabled = pages <= 1
-        finally:
-            self._refreshing = False
+        self._rewind(self.page, pages - 1)
         self._show()
 
     def shown(self) -> pd.DataFrame:

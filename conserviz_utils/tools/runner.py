@@ -406,9 +406,10 @@ def resume_hint(resume_path: Path, since: float = 0.0) -> str:
     if saved:
         return (
             f"Fine-tuning saved its state in {resume_path}. To carry on from there, open "
-            "notebooks/04_train.ipynb, add `resume_from=artifacts.resume` to the `fit` call of its "
-            "fine-tuning cell and run it (`fine_tune(..., resume=True)` does the same). "
-            "`make course` starts the notebooks again (the cached embeddings are reused)."
+            "notebooks/04_train.ipynb, add `resume=True` to the "
+            "`fine_tune(..., resume_path=artifacts.resume)` call of its fine-tuning cell and run "
+            "the notebook from the top (the cached embeddings are reused). "
+            "`make course` starts the notebooks again instead."
         )
     return "Nothing to resume: `make course` starts again (the cached embeddings are reused)."
 

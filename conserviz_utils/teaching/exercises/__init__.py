@@ -24,6 +24,7 @@ from conserviz_utils.teaching.exercises.ex04_train import (
     fresh_head,
 )
 from conserviz_utils.teaching.exercises.ex05_evaluate import (
+    check_blank_swallows,
     check_confidently_wrong,
     check_most_common_confusion,
     check_one_log_loss,
@@ -39,6 +40,7 @@ __all__ = [
     "CheckResult",
     "check_best_epoch",
     "check_best_learning_rate",
+    "check_blank_swallows",
     "check_broken_submission",
     "check_busiest_site",
     "check_confidently_wrong",

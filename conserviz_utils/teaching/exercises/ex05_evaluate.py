@@ -1,4 +1,4 @@
-"""Checkers of notebook 05's exercises: one log loss by hand, a confident mistake, a confusion."""
+"""Checkers of notebook 05's exercises: one log loss by hand, a confident mistake, a confusion, blank."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pandas as pd
 
 from conserviz_utils.metrics import EPS
 from conserviz_utils.teaching.exercises.results import (
+    CheckResult,
     as_name,
     as_number,
     close,
@@ -166,33 +167,41 @@ def check_confidently_wrong(answer, labels):
                        "score them with log_loss(eval_labels, wrong)")
 
 
-@never_raises("Exercise 3 · what a species is mistaken for", "one species name, a string")
+def _read_species(exercise: str, answer, probs: pd.DataFrame) -> tuple[str | None, CheckResult | None]:
+    """(the answer as one of the probability columns, or "none"; None) or (None, the hint saying why not)."""
+    guess = as_name(answer)
+    if guess is None:
+        if as_number(answer) is not None:
+            return None, hint(exercise, "that is a number (a count or a share?); give the species' name, "
+                                        "a string like the probability columns")
+        return None, not_a_name(exercise, answer, "the species")
+    if guess.lower() == "none":
+        return "none", None
+    known = [str(c) for c in probs.columns]
+    if guess in known:
+        return guess, None
+    same_letters = [c for c in known if c.lower() == guess.lower()]
+    if same_letters:
+        return None, hint(exercise, f"check the upper and lower case: the species is written {same_letters[0]!r}")
+    return None, hint(exercise, f"{guess!r} is not a species; use one of the probability columns "
+                                f"({', '.join(known)})")
+
+
+@never_raises("Exercise 3a · what a species is mistaken for", "one species name, a string")
 def check_most_common_confusion(answer, labels, probs: pd.DataFrame, true_species: str):
-    """Exercise 05·3: the wrong species the model most often picks for images of ``true_species``.
+    """Exercise 05·3a: the wrong species the model most often picks for images of ``true_species``.
 
     Answer ``"none"`` when the model never gets that species wrong.
     """
-    name = f"Exercise 3 · what {true_species} is mistaken for"
+    name = f"Exercise 3a · what {true_species} is mistaken for"
     if answer is None:
         return unanswered(name, f"the species most often predicted for true {true_species} images")
     species = species_of(labels).reindex(probs.index)
     predicted = probs.astype(float).idxmax(axis=1).astype(str)
     mistakes = predicted[(species == true_species) & (predicted != true_species)]
-    guess = as_name(answer)
-    if guess is None:
-        if as_number(answer) is not None:
-            return hint(name, "that is a number; give the species' name, a string like the "
-                              "probability columns")
-        return not_a_name(name, answer, "the species")
-    known = [str(c) for c in probs.columns]
-    if guess.lower() == "none":
-        guess = "none"
-    elif guess not in known:
-        same_letters = [c for c in known if c.lower() == guess.lower()]
-        if same_letters:
-            return hint(name, f"check the upper and lower case: the species is written "
-                              f"{same_letters[0]!r}")
-        return hint(name, f"{guess!r} is not a species; use one of the probability columns")
+    guess, problem = _read_species(name, answer, probs)
+    if problem is not None:
+        return problem
     n_true = int((species == true_species).sum())
     if mistakes.empty:
         if guess == "none":
@@ -225,3 +234,70 @@ def check_most_common_confusion(answer, labels, probs: pd.DataFrame, true_specie
                           f"{true_species} (its row)")
     return hint(name, f"the model never predicts {guess} for a {true_species} image; filter the "
                       f"explorer by true species {true_species} and count the predictions")
+
+
+BLANK = "blank"
+SWALLOWS = "Exercise 3b · what blank swallows"
+
+
+@never_raises(SWALLOWS, "one species name, a string")
+def check_blank_swallows(answer, labels, probs: pd.DataFrame):
+    """Exercise 05·3b: the true species most common among the images the model predicts blank.
+
+    The blank *column* of the confusion matrix, in counts: of the images predicted blank, which
+    animal are they really? Blank itself does not count (those predictions are right). Answer
+    ``"none"`` when the model never predicts blank for an animal.
+
+    Args:
+        answer: The learner's species name.
+        labels: The eval labels (one-hot frame, or species names), indexed by id.
+        probs: Their probabilities (a frame indexed by id, one column per species).
+    """
+    if answer is None:
+        return unanswered(SWALLOWS, "the species most common among the images predicted blank")
+    species = species_of(labels).reindex(probs.index)
+    predicted = probs.astype(float).idxmax(axis=1).astype(str)
+    guess, problem = _read_species(SWALLOWS, answer, probs)
+    if problem is not None:
+        return problem
+    to_blank = predicted == BLANK
+    column = species[to_blank & (species != BLANK)].value_counts()
+    n_predicted = int(to_blank.sum())
+    if column.empty:
+        if guess == "none":
+            return correct(SWALLOWS, f"the model predicts blank for {n_predicted} image(s), none of "
+                                     "them an animal")
+        return hint(SWALLOWS, "the model never predicts blank for an animal here; answer 'none'")
+    top = sorted(column.index[column == column.max()])
+    shares = to_blank.groupby(species).mean().drop(BLANK, errors="ignore")
+    if guess in top:
+        n_true = int((species == guess).sum())
+        return correct(SWALLOWS, f"{int(column[guess])} of the {n_predicted} images predicted blank "
+                                 f"are {guess} ({int(column.sum())} animals in all): blank swallows "
+                                 f"{column[guess] / n_true:.0%} of the {n_true} {guess} eval images")
+    if guess == BLANK:
+        return hint(SWALLOWS, "images that are blank and predicted blank are right answers; the "
+                              "question asks which animal the model most often calls blank")
+    if guess == "none":
+        return hint(SWALLOWS, f"the model does predict blank for {int(column.sum())} animal "
+                              "image(s); look at the blank column of the confusion matrix")
+    count = int(column.get(guess, 0))
+    # The shares table shows 2 decimals: a share that ties the largest as shown is that slip too.
+    if count and round(float(shares.get(guess, 0.0)), 2) == round(float(shares.max()), 2):
+        return hint(SWALLOWS, f"blank takes the largest share of {guess}'s own images "
+                              f"({shares[guess]:.0%}), but that is a share of each row, as the "
+                              "confusion matrix shows it; the question asks which species is most "
+                              "common among the images predicted blank: count them")
+    mistaken = predicted[(species == BLANK) & (predicted != BLANK)].value_counts()
+    tops_row = bool(len(mistaken)) and guess in mistaken.index[mistaken == mistaken.max()]
+    if count:
+        also = (f"; {guess} also tops the row of blank (blank images predicted {guess}), which "
+                "is the other direction" if tops_row else "")
+        return hint(SWALLOWS, f"the model predicts blank for {count} {guess} image(s), but another "
+                              f"species is more common among the images predicted blank: count "
+                              f"down the blank column{also}")
+    if tops_row:
+        return hint(SWALLOWS, f"you read the row of blank: those are blank images predicted "
+                              f"{guess}; the question is about images predicted blank (its column)")
+    return hint(SWALLOWS, f"the model never predicts blank for a {guess} image; look down the blank "
+                          "column of the confusion matrix and count each true species")

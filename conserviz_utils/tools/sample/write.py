@@ -8,6 +8,7 @@ meanwhile, so an interrupted run never looks complete and the next run replaces 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import multiprocessing
@@ -316,22 +317,19 @@ def draw_all(
     """
     total = 0
     detections: dict[int, list[dict]] = {}
-    with tqdm(total=len(tasks), desc="sample images", unit="img", disable=not progress) as bar:
+    bar = tqdm(total=len(tasks), desc="sample images", unit="img", disable=not progress)
+    with bar, contextlib.ExitStack() as stack:
         if workers == 1:
-            for index, written, found in map(draw_and_write, tasks):
-                total += written
-                detections[index] = found
-                bar.update()
-            return total, detections
-        # "spawn" is safe in processes that already run threads (notebooks, torch) on every OS.
-        context = multiprocessing.get_context("spawn")
-        chunk = max(1, min(32, len(tasks) // (8 * workers)))
-        with context.Pool(workers) as pool:
+            results = map(draw_and_write, tasks)
+        else:
+            # "spawn" is safe in processes that already run threads (notebooks, torch) on every OS.
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
+            chunk = max(1, min(32, len(tasks) // (8 * workers)))
             results = pool.imap_unordered(draw_and_write, tasks, chunksize=chunk)
-            for index, written, found in results:
-                total += written
-                detections[index] = found
-                bar.update()
+        for index, written, found in results:
+            total += written
+            detections[index] = found
+            bar.update()
     return total, detections
 
 

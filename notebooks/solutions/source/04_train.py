@@ -15,7 +15,7 @@ lr_histories = {recipe.head_lr: head_history}
 for lr in (recipe.head_lr * 10, recipe.head_lr / 10):
     head = fresh_head(model.head, seed=recipe.seed)
     lr_histories[lr] = train_head(head, embeddings, data, train_ids, recipe.replace(head_lr=lr), progress=False)
-    plot_loss_curve(lr_histories[lr]).suptitle(f"head lr {lr:g}")
+    plot_loss_curve(lr_histories[lr], held_out="held-out training sites").suptitle(f"head lr {lr:g}")
 best_lr = min(lr_histories, key=lambda lr: best_epoch(lr_histories[lr])["eval_log_loss"])
 
 result = check_best_learning_rate(best_lr, lr_histories)
@@ -26,13 +26,13 @@ result
 # YOUR CODE HERE: the epoch whose head early stopping kept in the lr × 10 run.
 kept_fast = None
 
-check_best_epoch(kept_fast, lr_histories.get(recipe.head_lr * 10))
+check_best_epoch(kept_fast, lr_histories, lr=recipe.head_lr * 10)
 
 # %% solution ex-04-kept
 fast = lr_histories[recipe.head_lr * 10]
 held_out = fast[fast["phase"] == "eval"]
 kept_fast = int(held_out.loc[held_out["eval_log_loss"].idxmin(), "epoch"])
 
-result = check_best_epoch(kept_fast, lr_histories.get(recipe.head_lr * 10))
+result = check_best_epoch(kept_fast, lr_histories, lr=recipe.head_lr * 10)
 assert result.passed, result
 result

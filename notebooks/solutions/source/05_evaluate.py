@@ -58,3 +58,19 @@ blank_mistaken_for = mistaken.value_counts().idxmax() if len(mistaken) else "non
 result = check_most_common_confusion(blank_mistaken_for, eval_labels, probs, "blank")
 assert result.passed, result
 result
+
+# %% placeholder ex-05-swallows
+# YOUR CODE HERE: of the images predicted blank, the true species (other than blank) most common.
+swallowed_most = None
+
+check_blank_swallows(swallowed_most, eval_labels, probs)
+
+# %% solution ex-05-swallows
+called_blank = truth[predicted == "blank"]  # the true species of the images predicted blank
+animals = called_blank[called_blank != "blank"].value_counts()
+print(animals.to_string())
+swallowed_most = animals.idxmax() if len(animals) else "none"
+
+result = check_blank_swallows(swallowed_most, eval_labels, probs)
+assert result.passed, result
+result
