@@ -18,8 +18,8 @@ from conserviz_utils.course.predictions import (
     find_cached_embeddings,
     read_logits,
     uses_frozen_backbone,
-    weights_fingerprint,
 )
+from conserviz_utils.course.embeddings import weights_fingerprint
 from conserviz_utils.course.provenance import read_sidecar
 from conserviz_utils.course.settings import CourseSettings
 from conserviz_utils.course.steps import embedding_transform

@@ -53,6 +53,7 @@ __all__ = [
     "compute_embeddings",
     "embeddings_key",
     "load_embeddings",
+    "weights_fingerprint",
 ]
 
 #: Where :func:`compute_embeddings` keeps its files unless told otherwise (safe to delete).
@@ -141,7 +142,7 @@ class Embeddings:
         )
 
 
-def _state_dict_digest(module: nn.Module) -> str:
+def weights_fingerprint(module: nn.Module) -> str:
     """A hash of a module's weights and buffers: it changes whenever any number changes."""
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in sorted(module.state_dict().items()):
@@ -191,7 +192,7 @@ def embeddings_key(
     parts = {
         "format": _CACHE_FORMAT,
         "arch": _arch_of(model),
-        "backbone": _state_dict_digest(model.backbone),
+        "backbone": weights_fingerprint(model.backbone),
         "ids": hashlib.blake2b("\n".join(map(str, features.index)).encode(), digest_size=16).hexdigest(),
         "files": _files_digest([str(p) for p in features["path"]], digests),
         # Built-in transforms have stable reprs; one holding a lambda's address gets a new

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 
 from conserviz_utils.course.embeddings import (
@@ -32,6 +31,7 @@ from conserviz_utils.course.embeddings import (
     compute_embeddings,
     embeddings_key,
     load_embeddings,
+    weights_fingerprint,
 )
 from conserviz_utils.errors import ConservizError, ImageLoadError
 from conserviz_utils.course.features import predict_logits_from_embeddings
@@ -63,7 +63,6 @@ __all__ = [
     "read_logits",
     "test_logits",
     "uses_frozen_backbone",
-    "weights_fingerprint",
     "write_logits",
 ]
 
@@ -72,17 +71,6 @@ HEAD_ONLY_STAGE = "head-only"
 
 #: Precisions an embeddings cache entry may have been computed in (tried when its record lacks one).
 _ENTRY_PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """A digest of every weight and buffer of ``model``: equal for equal numbers, wherever they came from."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        # Through bytes: numpy has no bfloat16, and this covers integer buffers too.
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def ids_fingerprint(ids: Sequence | pd.Index) -> str:

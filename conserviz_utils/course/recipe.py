@@ -195,17 +195,9 @@ class Recipe:
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
         """Read a recipe written by :meth:`save`."""
-        path = Path(path)
-        text = _read_text(path)
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise RecipeError(
-                f"not a readable recipe JSON ({err.msg}, line {err.lineno})",
-                path=path,
-                fix="write it again with Recipe.save",
-            ) from None
-        return _with_path(path, values)
+        return _read_recipe(Path(path), json.loads, json.JSONDecodeError,
+                            lambda err: f"not a readable recipe JSON ({err.msg}, line {err.lineno})",
+                            fix="write it again with Recipe.save")
 
     def to_toml(self) -> str:
         """The recipe as a commented TOML file (unset fields are left out, as TOML has no null)."""
@@ -223,17 +215,9 @@ class Recipe:
     @classmethod
     def from_toml(cls, path: str | Path) -> Recipe:
         """Read a recipe from a TOML file of ``field = value`` lines (e.g. a CLI's ``--config``)."""
-        path = Path(path)
-        text = _read_text(path)
-        try:
-            values = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise RecipeError(
-                f"not a readable TOML file ({err})",
-                path=path,
-                fix="write it as `field = value` lines; Recipe().to_toml() gives a template",
-            ) from None
-        return _with_path(path, values)
+        return _read_recipe(Path(path), tomllib.loads, tomllib.TOMLDecodeError,
+                            lambda err: f"not a readable TOML file ({err})",
+                            fix="write it as `field = value` lines; Recipe().to_toml() gives a template")
 
     def _repr_html_(self) -> str:
         rows = "".join(
@@ -267,6 +251,16 @@ def _read_text(path: Path) -> str:
         ) from None
     except (OSError, UnicodeDecodeError) as err:
         raise RecipeError(f"cannot read this recipe file ({err})", path=path, fix="check the file") from None
+
+
+def _read_recipe(path: Path, parse, parse_error: type[Exception], problem, *, fix: str) -> Recipe:
+    """Read, parse and validate one recipe file; a file that does not parse names itself and the fix."""
+    text = _read_text(path)
+    try:
+        values = parse(text)
+    except parse_error as err:
+        raise RecipeError(problem(err), path=path, fix=fix) from None
+    return _with_path(path, values)
 
 
 def _with_path(path: Path, values: Any) -> Recipe:

@@ -230,6 +230,8 @@ def _relaunch_under_torchrun(devices: int, argv: Sequence[str], device: str, con
     """Run this same command under ``torchrun --standalone --nproc-per-node=devices``."""
     import torch
 
+    from conserviz_utils.runtime.cpu import available_cpus
+
     if devices < 1:
         raise UsageError("argument --devices: must be at least 1")
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
@@ -250,6 +252,6 @@ def _relaunch_under_torchrun(devices: int, argv: Sequence[str], device: str, con
                f"--nproc-per-node={devices}", "-m", "conserviz_utils", *rest]
     env = dict(os.environ)
     # torchrun would set 1 thread per process with a warning; share the cores out instead.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // devices)))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, available_cpus() // devices)))
     console.detail("running: " + " ".join(command))
     return subprocess.call(command, env=env)
