@@ -84,7 +84,10 @@ lab: $(COURSE_STAMP)
 site: $(DOCS_STAMP)
 	$(BIN)/sphinx-build -b html -c docs . $(SITE)
 
+# Each pass of the course against the model's raw speed (the ratios), then the seed pipeline against
+# conserviz's; both print under the CPU's model name.
 benchmark: $(COURSE_STAMP)
+	$(BIN)/python benchmarks/passes.py
 	$(BIN)/python benchmarks/run.py
 
 sample: $(COURSE_STAMP)

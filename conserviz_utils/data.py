@@ -1,15 +1,10 @@
 """The competition's tables and images as PyTorch batches (taught in notebooks 01 and 04).
 
-A batch, as `make_loader` gives it, is a dict:
-
-* ``image_id``: the ids of its images, a list of strings;
-* ``image``: a float tensor N×3×H×W, resized and normalised for a pretrained backbone;
-* ``label``: the one-hot labels, N×C, when the dataset was given labels;
-* ``skipped``: ``(image_id, reason)`` of each unreadable image left out (``on_error="skip"``).
-
-The transforms turn one photo into its ``image``, `ImagesDataset` makes the items and
-`make_loader` the batches. `load_competition` reads the four CSVs, checked line by line in
-`files.competition`.
+`load_competition` reads the four CSVs (checked line by line in `files.competition`); the
+transforms turn one photo into a normalised tensor, `ImagesDataset` makes the items and
+`make_loader` the batches. A batch is a dict: ``image_id`` (list of str), ``image``
+(N×3×H×W float), ``label`` (N×C one-hot, when the dataset has labels) and ``skipped``
+(``(image_id, reason)`` of each unreadable image left out under ``on_error="skip"``).
 """
 
 from __future__ import annotations
@@ -35,16 +30,60 @@ from conserviz_utils.labels import species_names
 from conserviz_utils.runtime.cpu import available_cpus
 
 __all__ = [
-    "CompetitionData",
-    "ImagesDataset",
-    "collate_images",
-    "default_num_workers",
-    "default_transform",
-    "load_competition",
-    "make_loader",
-    "path_column",
-    "train_transform",
+    "CompetitionData", "ImagesDataset", "collate_images", "default_num_workers", "default_transform",
+    "load_competition", "make_loader", "path_column", "train_transform",
 ]
+
+# --- the competition's tables --------------------------------------------------------------
+
+
+@dataclass(repr=False)
+class CompetitionData:
+    """The four validated competition tables, indexed by image id, and the sorted species list.
+
+    The features frames keep the CSV's columns (``filepath``, ``site``, …) and gain ``path``,
+    the absolute image path.
+    """
+
+    root: Path
+    train_features: pd.DataFrame
+    train_labels: pd.DataFrame
+    test_features: pd.DataFrame
+    submission_format: pd.DataFrame
+    species: list[str]
+
+    @property
+    def train_species(self) -> pd.Series:
+        """The species name of each training image (Series id → species)."""
+        return species_names(self.train_labels, self.species)
+
+    @property
+    def is_sample(self) -> bool:
+        """True when the data is a generated sample dataset, not the real competition data."""
+        return is_sample_folder(self.root)
+
+    def __repr__(self) -> str:
+        kind = "synthetic sample" if self.is_sample else "competition data"
+        train, test = self.train_features, self.test_features
+        return (
+            f"CompetitionData({kind} at {str(self.root)!r}: {len(train):,} train images at "
+            f"{train['site'].nunique()} sites, {len(test):,} test images at "
+            f"{test['site'].nunique()} sites, {len(self.species)} species)"
+        )
+
+
+def load_competition(root: str | os.PathLike, check_images: bool = True) -> CompetitionData:
+    """Load and validate the competition CSVs (and image files) under ``root``.
+
+    A problem in the data raises `DataValidationError` naming the file, the column, the first
+    offending rows and the fix (the checks: `files.competition.validated_tables`).
+
+    Args:
+        check_images: Also check that every image file exists and that no symlink leads
+            outside ``root``; turn it off for CSVs without their images.
+    """
+    return CompetitionData(**validated_tables(root, check_images))
+
 
 # --- transforms ----------------------------------------------------------------------------
 
@@ -54,19 +93,12 @@ def default_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> v2.Compose:
-    """Resize to ``size`` × ``size``, scale to [0, 1] and normalise: the evaluation transform.
+    """Resize to ``size`` (side or (height, width)), scale to [0, 1], normalise: for evaluation.
 
-    The same steps as the walkthrough's ``Resize((224, 224)) → ToTensor → Normalize``. The
-    whole frame is squashed rather than cropped, so an animal at the edge stays in view.
-
-    Args:
-        size: The output side, or ``(height, width)``.
-        mean: Per-channel means for normalisation (the backbone's).
-        std: Per-channel standard deviations for normalisation.
+    The walkthrough's ``Resize((224, 224)) → ToTensor → Normalize``: the whole frame is squashed,
+    not cropped, so an animal at the edge stays in view.
     """
-    return v2.Compose(
-        [v2.Resize(_height_width(size), antialias=True), *_to_normalised_tensor(mean, std)]
-    )
+    return v2.Compose([v2.Resize(_height_width(size), antialias=True), *_to_normalised_tensor(mean, std)])
 
 
 def train_transform(
@@ -77,16 +109,9 @@ def train_transform(
 ) -> v2.Compose:
     """`default_transform` plus augmentation suited to camera traps, for training.
 
-    A mild random crop (``scale`` of the frame's area: animals are often small or at the
-    edge, so most of the frame is kept), a horizontal flip (animals walk both ways) and a
-    small brightness, contrast and saturation jitter (day, dusk and flash-lit night shots).
-    No vertical flip and no rotation: a camera trap never sees the forest upside down.
-
-    Args:
-        size: The output side, or ``(height, width)``.
-        mean: Per-channel means for normalisation (the backbone's).
-        std: Per-channel standard deviations for normalisation.
-        scale: The range of the crop's share of the frame's area.
+    A mild random crop (``scale``: the share of the frame's area kept; animals are often small
+    or at the edge), a horizontal flip (animals walk both ways) and a small colour jitter (day,
+    dusk and flash-lit night). No vertical flip or rotation: a camera trap is never upside down.
     """
     height_width = _height_width(size)
     return v2.Compose(
@@ -108,63 +133,44 @@ def _to_normalised_tensor(mean: Sequence[float], std: Sequence[float]) -> list:
         v2.ToImage(),
         # ToImage keeps Pillow's pixel-interleaved layout; Normalize runs 5× faster on a
         # contiguous tensor, which costs one small uint8 copy.
-        v2.Lambda(_contiguous, torch.Tensor),
+        v2.Lambda(torch.Tensor.contiguous, torch.Tensor),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean=list(mean), std=list(std)),
         v2.ToPureTensor(),
     ]
 
 
-def _contiguous(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor in contiguous (channel-planar) memory."""
-    return tensor.contiguous()
-
-
 def _height_width(size: int | Sequence[int]) -> tuple[int, int]:
     """An int side or a (height, width) pair, as a (height, width) tuple."""
-    if isinstance(size, int):
-        return size, size
-    height, width = size
-    return int(height), int(width)
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def _decode_size(transform) -> tuple[int, int] | None:
-    """The (width, height) a transform resizes every image to first, if it does."""
-    steps = getattr(transform, "transforms", [transform])
-    first = steps[0] if steps else None
-    if isinstance(first, (v2.Resize, legacy_transforms.Resize)):
-        size = first.size
-        if isinstance(size, Sequence) and len(size) == 2:
-            return int(size[1]), int(size[0])
-    # A shorter-side resize, a crop or anything else first: decode at full size.
-    return None
+    """The (width, height) a transform first resizes every image to, if it does."""
+    first = next(iter(getattr(transform, "transforms", [transform])), None)
+    size = first.size if isinstance(first, (v2.Resize, legacy_transforms.Resize)) else None
+    if isinstance(size, Sequence) and len(size) == 2:
+        return int(size[1]), int(size[0])
+    return None  # a shorter-side resize, a crop or anything else first: decode at full size
 
 
 # --- dataset and loader --------------------------------------------------------------------
 
 
 class ImagesDataset(Dataset):
-    """The images of a features frame as tensors, with their one-hot labels when given.
-
-    Compatible with the competition walkthrough: an item is a dict with ``image_id``,
-    ``image`` (a float tensor 3×H×W) and, with labels, ``label`` (a one-hot float tensor).
+    """The images of a features frame as ``{"image_id", "image", "label"}`` items (``label`` with labels).
 
     Args:
         features: A frame indexed by id with a ``path`` column (from `load_competition`)
-            or a ``filepath`` column (read relative to the working directory).
-        labels: The one-hot labels frame (e.g. ``data.train_labels``); rows are matched
-            to ``features`` by id, so any order and any superset works.
+            or a ``filepath`` column (relative to the working directory).
+        labels: One-hot labels (e.g. ``data.train_labels``), matched to ``features`` by id.
         transform: Applied to each RGB Pillow image; `default_transform` when None.
-        on_error: ``"raise"`` stops at an unreadable image with an `ImageLoadError`
-            naming its id; ``"skip"`` yields ``{"image_id", "error"}`` instead, which
-            `collate_images` leaves out of the batch and lists under ``"skipped"``.
-        decode_size: The ``(width, height)`` (or int side) images are decoded at; JPEGs
-            then decode at a reduced scale, which is much faster. ``"auto"`` takes it from
-            the transform's leading Resize; None decodes at full size.
-        cache_dir: Read images through the on-disk cache of pre-resized images in this
-            folder (`image_cache.ImageCache`, e.g. ``data/cache``): each is decoded once at
-            ``decode_size`` and read back later with the very same pixels. None decodes
-            every time.
+        on_error: ``"raise"`` stops at an unreadable image with an `ImageLoadError` naming its
+            id; ``"skip"`` yields ``{"image_id", "error"}`` for `collate_images` to list.
+        decode_size: ``(width, height)`` or int side to decode JPEGs at (a reduced scale is much
+            faster); ``"auto"`` takes the transform's leading Resize; None decodes at full size.
+        cache_dir: Read images through the on-disk cache of pre-resized images in this folder
+            (`image_cache.ImageCache`): each is decoded once at ``decode_size``, then read back.
     """
 
     def __init__(
@@ -182,9 +188,7 @@ class ImagesDataset(Dataset):
         column = path_column(features)
         self.transform = default_transform() if transform is None else transform
         self.on_error = on_error
-        self.decode_size = (
-            _decode_size(self.transform) if decode_size == "auto" else as_size(decode_size)
-        )
+        self.decode_size = _decode_size(self.transform) if decode_size == "auto" else as_size(decode_size)
         if cache_dir is not None and self.decode_size is None:
             raise ValueError(
                 "cache_dir stores images at the decode size, and there is none: use a transform "
@@ -244,31 +248,26 @@ def _aligned_labels(ids: pd.Index, labels: pd.DataFrame) -> torch.Tensor:
         )
     values = labels.loc[ids].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
     if np.isnan(values).any():
-        bad = ids[np.isnan(values).any(axis=1)]
         raise DataValidationError(
-            "labels that are not numbers", column="label", rows=list(bad),
+            "labels that are not numbers", column="label", rows=list(ids[np.isnan(values).any(axis=1)]),
             fix="pass the one-hot labels frame from load_competition(...)",
         )
     return torch.tensor(values)
 
 
 def collate_images(batch: list[dict]) -> dict:
-    """Stack dataset items into a batch, leaving out unreadable ones.
+    """Stack dataset items into a batch, leaving out unreadable ones (listed under ``skipped``).
 
-    Returns:
-        A dict with ``image_id`` (list), ``image`` (N×3×H×W), ``label`` (N×C, with labels)
-        and ``skipped``: a list of ``(image_id, reason)`` for items that failed to load.
-        When every item failed, ``image_id`` is empty and ``image`` a tensor of length 0.
-        An image that failed in a loader worker with ``on_error="raise"`` makes the batch
-        carry only its ``load_error``, for `batches.raise_load_error` to raise.
+    When every item failed, ``image_id`` is empty and ``image`` has length 0. An image that
+    failed in a loader worker under ``on_error="raise"`` makes the batch carry only its
+    ``load_error``, for `batches.raise_load_error` to raise.
     """
     failed = [item["load_error"] for item in batch if "load_error" in item]
     if failed:
         return {"image_id": [], "image": torch.empty(0), "skipped": [], "load_error": failed[0]}
     good = [item for item in batch if "error" not in item]
-    skipped = [(item["image_id"], item["error"]) for item in batch if "error" in item]
     collated = default_collate(good) if good else {"image_id": [], "image": torch.empty(0)}
-    collated["skipped"] = skipped
+    collated["skipped"] = [(item["image_id"], item["error"]) for item in batch if "error" in item]
     return collated
 
 
@@ -290,95 +289,20 @@ def make_loader(
     """A DataLoader with defaults that fit the machine, batching with `collate_images`.
 
     Args:
-        dataset: Usually an `ImagesDataset`.
-        batch_size: Images per batch.
-        shuffle: Shuffle every epoch (for training), reproducibly from ``seed``.
-        num_workers: Decoding processes; None picks `default_num_workers`. Workers
-            persist across epochs, so they start once.
-        device: Where batches go; on CUDA (or ``"auto"`` with a GPU) memory is pinned
-            for faster copies.
+        num_workers: Decoding processes, kept across epochs; None picks `default_num_workers`.
+        device: Where batches go; on CUDA (or ``"auto"`` with a GPU) memory is pinned.
         seed: Seeds the shuffle order and, in worker processes, the random augmentation
             (without workers, augmentation draws from torch's global generator).
-        sampler: Picks the images in place of ``shuffle`` (`distributed.distributed_loader`
-            gives each process its share).
+        sampler: Picks the images in place of ``shuffle`` (e.g. a process's share under
+            `distributed.distributed_loader`).
     """
-    if num_workers is None:
-        num_workers = default_num_workers()
+    num_workers = default_num_workers() if num_workers is None else num_workers
     if device == "auto":
         pin_memory = torch.cuda.is_available()
     else:
         pin_memory = device is not None and torch.device(device).type == "cuda"
-    generator = torch.Generator()
-    generator.manual_seed(seed)
     return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate_images,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-        generator=generator,
+        dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers,
+        collate_fn=collate_images, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
     )
-
-
-# --- the competition's tables --------------------------------------------------------------
-
-
-@dataclass(repr=False)
-class CompetitionData:
-    """The four validated competition tables, indexed by image id, and the species list.
-
-    The features frames keep the CSV's columns (``filepath``, ``site`` and any extra ones)
-    and gain ``path``, the absolute image path. Label and submission columns are in
-    ``species`` order (sorted).
-    """
-
-    root: Path
-    train_features: pd.DataFrame
-    train_labels: pd.DataFrame
-    test_features: pd.DataFrame
-    submission_format: pd.DataFrame
-    species: list[str]
-
-    @property
-    def train_species(self) -> pd.Series:
-        """The species name of each training image (Series id → species)."""
-        return species_names(self.train_labels, self.species)
-
-    @property
-    def is_sample(self) -> bool:
-        """True when the data is a generated sample dataset, not the real competition data."""
-        return is_sample_folder(self.root)
-
-    def __repr__(self) -> str:
-        kind = "synthetic sample" if self.is_sample else "competition data"
-        return (
-            f"CompetitionData({kind} at {str(self.root)!r}: "
-            f"{len(self.train_features):,} train images at "
-            f"{self.train_features['site'].nunique()} sites, "
-            f"{len(self.test_features):,} test images at "
-            f"{self.test_features['site'].nunique()} sites, {len(self.species)} species)"
-        )
-
-
-def load_competition(root: str | os.PathLike, check_images: bool = True) -> CompetitionData:
-    """Load and validate the competition CSVs (and image files) under ``root``.
-
-    Every problem a learner can cause by editing, half-extracting or exporting the data
-    raises `DataValidationError` naming the file, the column, the first offending rows and
-    the fix (the checks, and the harmless differences that simply work:
-    `files.competition.validated_tables`).
-
-    Args:
-        root: The folder holding ``train_features.csv``, ``train_labels.csv``,
-            ``test_features.csv``, ``submission_format.csv`` and the image folders.
-        check_images: Also check that every image file exists and that no symlink leads
-            outside ``root`` (one directory listing per folder, fast on 20,000 files).
-            Turn it off for CSVs without their images.
-
-    Returns:
-        The validated `CompetitionData`.
-    """
-    return CompetitionData(**validated_tables(root, check_images))

@@ -18,8 +18,7 @@ def _preview(rows: Iterable, limit: int = 5) -> str:
 class ConservizError(Exception):
     """Base class of every error conserviz raises for a problem the user can fix.
 
-    The message reads ``<file>: <problem> [column ...] [rows ...]. Fix: <fix>`` so a learner
-    sees at once where to look and what to do. The parts stay available as attributes.
+    The message reads ``<file>: <problem> [column ...] [rows ...]. Fix: <fix>``; the parts stay attributes.
     """
 
     def __init__(
@@ -41,11 +40,7 @@ class ConservizError(Exception):
         super().__init__(self.render())
 
     def render(self, reader: str = "notebook") -> str:
-        """The message for its reader: "notebook" names settings and arguments, "cli" the command's flags.
-
-        One error, two wordings of the fix: the notebook's (``fix``) unless the reader has its own
-        (:meth:`for_reader`).
-        """
+        """The message for ``reader``: the notebook's ``fix``, unless :meth:`for_reader` gave that reader its own."""
         parts = [f"{self.path}: {self.problem}" if self.path is not None else self.problem]
         if self.column is not None:
             parts.append(f"column {self.column!r}")
@@ -70,8 +65,7 @@ class ConservizError(Exception):
     def _render_traceback_(self) -> list[str]:
         """What a notebook shows (IPython's hook): the message, the learner's line, where it was raised.
 
-        The message already says the file, the rows and the fix; the library's stack would only
-        bury it. The full stack stays in ``sys.last_value`` for whoever wants it.
+        The library's stack would only bury a message that already says the file, the rows and the fix.
         """
         lines = [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
         frames = traceback.extract_tb(self.__traceback__)

@@ -1,7 +1,7 @@
 """Scoring and prediction, taught in notebook 05: run a model over a loader in inference mode.
 
-``evaluate`` scores a labelled loader (the loop calls it after every epoch), ``predict_logits``
-and ``predict`` give one row per image id in the submission layout. Images and the model use the
+`evaluate` scores a labelled loader (the training loop calls it after every epoch); `predict_logits`
+and `predict` give one row per image id in the submission layout. Images and the model use the
 channels-last memory layout; ``tta=True`` averages each image with its mirror image.
 """
 
@@ -18,18 +18,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from conserviz_utils import SPECIES
+from conserviz_utils.errors import TrainingError
+from conserviz_utils.metrics import accuracy, apply_temperature, log_loss
 from conserviz_utils.runtime.batches import (
-    BATCH_LAYOUT_FIX,
-    batch_size,
-    check_batch,
-    class_positions,
-    loader_length,
-    to_device,
+    BATCH_LAYOUT_FIX, batch_size, check_batch, class_positions, loader_length, to_device,
 )
 from conserviz_utils.runtime.device import autocast, choose_precision, pick_device
 from conserviz_utils.runtime.distributed import gather_objects, gather_predictions
-from conserviz_utils.errors import TrainingError
-from conserviz_utils.metrics import accuracy, apply_temperature, log_loss
+
+__all__ = ["evaluate", "forward_batches", "predict", "predict_logits"]
 
 
 def forward_batches(
@@ -47,23 +44,18 @@ def forward_batches(
     was_training = model.training
     model.to(device=device, memory_format=torch.channels_last)
     model.eval()
-    ids: list[str] = []
-    logits: list[torch.Tensor] = []
-    labels: list[torch.Tensor] = []
-    skipped: list[tuple[str, str]] = []
+    ids, logits, labels, skipped = [], [], [], []
     try:
         with torch.inference_mode(), autocast(device, precision):
             total = loader_length(loader)
-            bar = tqdm(loader, total=total, desc=desc, unit="batch", leave=False, disable=not progress)
-            for batch in bar:
+            for batch in tqdm(loader, total=total, desc=desc, unit="batch", leave=False, disable=not progress):
                 check_batch(batch, need_labels)
                 skipped.extend((str(i), str(reason)) for i, reason in batch.get("skipped", []))
                 if batch_size(batch) == 0:
                     continue
                 images = to_device(batch["image"], device)
                 out = model(images).float()
-                if tta:
-                    # Average with the mirror image (flip along the width): animals walk both ways.
+                if tta:  # average with the mirror image (flipped along the width): animals walk both ways
                     out = (out + model(torch.flip(images, dims=[-1])).float()) / 2
                 batch_ids = [str(i) for i in batch.get("image_id", range(len(ids), len(ids) + len(out)))]
                 if len(batch_ids) != len(out):
@@ -77,8 +69,18 @@ def forward_batches(
     finally:
         model.train(was_training)
     all_logits = torch.cat(logits) if logits else torch.empty((0, 0), dtype=torch.float64)
-    all_labels = torch.cat(labels) if need_labels and labels else None
-    return ids, all_logits, all_labels, skipped
+    return ids, all_logits, (torch.cat(labels) if need_labels and labels else None), skipped
+
+
+def _refuse_non_finite(ids: Sequence[str], logits: np.ndarray, where: str) -> None:
+    """Name the images whose logits are NaN or infinite: the weights diverged."""
+    bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
+    if bad.size:
+        raise TrainingError(
+            f"the model outputs NaN or infinite logits{where}",
+            rows=[ids[i] for i in bad],
+            fix="the weights diverged: retrain with a lower learning rate or clip gradients, and check these images",
+        )
 
 
 def evaluate(
@@ -91,16 +93,13 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score ``model`` on a labelled loader: mean loss, accuracy and the competition log loss.
 
-    Returns:
-        ``{"eval_loss", "eval_accuracy", "eval_log_loss", "images", "skipped"}``; the log
-        loss is :func:`conserviz_utils.metrics.log_loss` of the softmax probabilities.
-
-    Raises:
-        TrainingError: the loader has no labelled images, or the model outputs NaN/inf.
+    Returns ``{"eval_loss", "eval_accuracy", "eval_log_loss", "images", "skipped", "logits"}``,
+    the logits a float64 frame indexed by id (columns: the dataset's species, when it names them),
+    so a caller keeps them instead of predicting again; raises `TrainingError` when the loader has
+    no labelled images or the model outputs NaN/inf.
     """
     device = pick_device(device)
     precision = choose_precision(precision, device, model, getattr(loader, "batch_size", None), "inference").precision
-    criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
     ids, logits, labels, skipped = forward_batches(
         model, loader, device=device, precision=precision, tta=False, need_labels=True, progress=progress,
         desc="eval",
@@ -110,15 +109,10 @@ def evaluate(
     skipped = sorted({tuple(item) for share in gather_objects(skipped) for item in share})
     if not ids:
         raise TrainingError("the eval loader gave no images", fix="check that the eval split is not empty")
-    bad = (~torch.isfinite(logits).all(dim=1)).nonzero().flatten().tolist()
-    if bad:
-        raise TrainingError(
-            "the model outputs NaN or infinite logits on eval images",
-            rows=[ids[i] for i in bad],
-            fix="the weights diverged: lower the learning rate or clip gradients, and check these images",
-        )
+    _refuse_non_finite(ids, logits.numpy(), " on eval images")
     probs = torch.softmax(logits, dim=1).numpy()
     y = class_positions(labels).numpy()
+    criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
     return {
         # The criterion sees the labels as the loader gives them, as in training.
         "eval_loss": float(criterion(logits.float(), labels)),
@@ -126,16 +120,9 @@ def evaluate(
         "eval_log_loss": log_loss(y, probs),
         "images": len(ids),
         "skipped": skipped,
+        "logits": pd.DataFrame(logits.numpy(), index=pd.Index(ids, name="id"),
+                               columns=getattr(getattr(loader, "dataset", None), "species", None)),
     }
-
-
-def skipped_note(skipped: Sequence[tuple[str, str]]) -> str:
-    """The note attached to predictions that lack some images."""
-    shown = ", ".join(i for i, _ in skipped[:5]) + (" …" if len(skipped) > 5 else "")
-    return (
-        f"{len(skipped)} image(s) could not be read and have no row: {shown}. A submission needs "
-        "every test id, so repair or replace these files (reasons in .attrs['skipped']) and predict again"
-    )
 
 
 def predict_logits(
@@ -150,25 +137,20 @@ def predict_logits(
     """Raw logits of ``model`` for every image of ``loader`` (what temperature scaling is fitted on).
 
     Args:
-        model: Any classifier returning (N, len(species)) logits.
-        loader: Batches as dicts with "image_id" and "image" (labels, if any, are ignored).
         tta: Test-time augmentation: average the logits of each image and its mirror image.
-        device: "auto", "cpu", "cuda", ... (see :func:`pick_device`).
-        precision: "auto", "fp32", "bf16" or "fp16" (see :func:`conserviz_utils.runtime.device.choose_precision`).
+        precision: "auto", "fp32", "bf16" or "fp16" (see `runtime.device.choose_precision`).
         species: The column names, in the order of the model's outputs.
-        progress: Show a progress bar.
 
     Returns:
-        A float64 DataFrame indexed by image id (index name "id"), one column per species.
-        Images the loader skipped (``on_error="skip"``) have no row; they are listed in
-        ``.attrs["skipped"]`` as (id, reason) pairs and explained in ``.attrs["note"]``.
+        A float64 frame indexed by image id ("id"), one column per species. Images the loader
+        skipped (``on_error="skip"``) have no row: ``.attrs["skipped"]`` lists them as
+        (id, reason) and ``.attrs["note"]`` says what to do.
     """
     device = pick_device(device)
     choice = choose_precision(precision, device, model, getattr(loader, "batch_size", None), "inference")
-    precision = choice.precision
     columns = list(species)
     ids, logits, _, skipped = forward_batches(
-        model, loader, device=device, precision=precision, tta=tta, need_labels=False, progress=progress,
+        model, loader, device=device, precision=choice.precision, tta=tta, need_labels=False, progress=progress,
         desc="predict",
     )
     if ids and logits.shape[1] != len(columns):
@@ -181,7 +163,11 @@ def predict_logits(
     frame.attrs.update(choice.as_attrs())
     frame.attrs["skipped"] = list(skipped)
     if skipped:
-        frame.attrs["note"] = skipped_note(skipped)
+        shown = ", ".join(i for i, _ in skipped[:5]) + (" …" if len(skipped) > 5 else "")
+        frame.attrs["note"] = (
+            f"{len(skipped)} image(s) could not be read and have no row: {shown}. A submission needs every "
+            "test id, so repair or replace these files (reasons in .attrs['skipped']) and predict again"
+        )
     return frame
 
 
@@ -197,15 +183,9 @@ def predict(
 ) -> pd.DataFrame:
     """Softmax probabilities of ``model`` for every image of ``loader``: the submission layout.
 
-    Args:
-        model, loader, tta, device, precision, species, progress: as in :func:`predict_logits`.
-        temperature: Divide the logits by this before the softmax (1.0: plain softmax); fit it
-            with ``metrics.fit_temperature`` on eval logits to undo over-confidence.
-
-    Returns:
-        A float64 DataFrame indexed by image id (index name "id"), one column per species, each
-        row summing to 1. Skipped images have no row: see ``.attrs["skipped"]`` and
-        ``.attrs["note"]``; the submission validator refuses a submission that lacks them.
+    Arguments and skipped images as in `predict_logits`; ``temperature`` divides the logits
+    before the softmax (fit it with `metrics.fit_temperature` on eval logits to undo
+    over-confidence). Each row sums to 1.
     """
     is_number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
     if not (is_number and math.isfinite(temperature) and temperature > 0):
@@ -216,17 +196,8 @@ def predict(
     if logits.empty:
         probs = logits.copy()
     else:
-        bad = logits.index[~np.isfinite(logits.to_numpy()).all(axis=1)]
-        if len(bad):
-            raise TrainingError(
-                "the model outputs NaN or infinite logits",
-                rows=list(bad),
-                fix="retrain with a lower learning rate (the weights diverged), or check these images",
-            )
+        _refuse_non_finite(list(logits.index), logits.to_numpy(), "")
         probs = apply_temperature(logits, temperature)
         probs.index.name = "id"
     probs.attrs = dict(logits.attrs)
     return probs
-
-
-__all__ = ["evaluate", "forward_batches", "predict", "predict_logits"]

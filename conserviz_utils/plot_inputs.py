@@ -1,7 +1,6 @@
-"""Checks and conversions of the plotting functions' inputs: labels, probabilities, image paths.
+"""Checks of the figures' and widgets' inputs: each refuses a likely mistake before anything is drawn.
 
-Each refuses what a learner may pass by mistake with a `DataValidationError` that names the
-rows and the fix, before anything is drawn.
+Every refusal is a `DataValidationError` that names the argument or the rows, and the fix.
 """
 
 from __future__ import annotations
@@ -10,29 +9,10 @@ import pandas as pd
 
 from conserviz_utils.errors import DataValidationError, refuse_repeated_ids
 from conserviz_utils.labels import species_names
-from conserviz_utils.metrics import check_argument_order
+from conserviz_utils.files.tables import check_argument_order
 
 #: Labels as the plotting functions take them: the one-hot frame or a Series of species names.
 Labels = pd.DataFrame | pd.Series
-
-
-def features_and_labels(data_or_features, labels: Labels | None) -> tuple[pd.DataFrame, Labels]:
-    """Features and labels from a CompetitionData-like object or a features frame plus labels."""
-    if isinstance(data_or_features, pd.DataFrame):
-        features = data_or_features
-    elif hasattr(data_or_features, "train_features"):
-        features = data_or_features.train_features
-        if labels is None:
-            labels = data_or_features.train_labels
-    else:
-        raise DataValidationError(
-            "expected the competition data or a features frame, not "
-            f"{type(data_or_features).__name__}",
-            fix="pass load_competition(...) or its train_features with labels",
-        )
-    if labels is None:
-        raise DataValidationError("labels are missing", fix="pass labels=data.train_labels")
-    return features, labels
 
 
 def check_positive(value: int, name: str, example: int) -> None:
@@ -54,22 +34,14 @@ def require_paths(features: pd.DataFrame, ids: pd.Index) -> None:
     missing = pd.Index(ids).difference(features.index)
     if len(missing):
         raise DataValidationError(
-            "these ids are not in the features",
-            rows=missing,
-            fix="pass the features of the same images",
+            "these ids are not in the features", rows=missing, fix="pass the features of the same images"
         )
 
 
 def check_probs(
     probs: pd.DataFrame, fix: str = "pass the frame returned by predict", min_columns: int = 1
 ) -> None:
-    """Refuse anything but a non-empty frame of numeric probabilities, one column per species.
-
-    Args:
-        probs: what was passed as the probabilities.
-        fix: the fix the error names (where the caller's probabilities come from).
-        min_columns: fewest species columns that make sense to the caller.
-    """
+    """Refuse anything but a non-empty frame of numbers, indexed by id, one column per species."""
     if not isinstance(probs, pd.DataFrame) or probs.empty or probs.shape[1] < min_columns:
         raise DataValidationError(
             "probabilities must be a non-empty DataFrame indexed by id with one column per species",
@@ -77,14 +49,12 @@ def check_probs(
         )
     non_numeric = [c for c in probs.columns if not pd.api.types.is_numeric_dtype(probs[c])]
     if non_numeric:
-        raise DataValidationError(
-            "probabilities must be numbers", column=str(non_numeric[0]), fix=fix
-        )
+        raise DataValidationError("probabilities must be numbers", column=str(non_numeric[0]), fix=fix)
 
 
 def names_of(labels: Labels, ids: pd.Index, problem: str, fix: str) -> pd.Series:
     """The species name of each of ``ids``, in their order, refusing repeated ids and ids without a label."""
-    names = species_names(labels, species=None).astype(str)  # the labels module's rule
+    names = species_names(labels, species=None).astype(str)
     refuse_repeated_ids(names.index, "labels", fix="keep one label per image id")
     unlabelled = ids.difference(names.index)
     if len(unlabelled):
@@ -92,8 +62,8 @@ def names_of(labels: Labels, ids: pd.Index, problem: str, fix: str) -> pd.Series
     return names.reindex(ids)
 
 
-def align_probs(probs: pd.DataFrame, labels: Labels, call: str) -> tuple[pd.DataFrame, pd.Series]:
-    """Probabilities and the true species of the same ids, in the order of ``probs``."""
+def true_species(labels: Labels, probs: pd.DataFrame, call: str) -> pd.Series:
+    """The true species of each row of ``probs``, once labels and probabilities are checked to match."""
     check_argument_order(labels, probs, call)
     check_probs(probs)
     true = names_of(labels, probs.index, "these ids have probabilities but no label",
@@ -104,7 +74,7 @@ def align_probs(probs: pd.DataFrame, labels: Labels, call: str) -> tuple[pd.Data
             f"labels name species that have no probability column: {unknown}",
             fix="predict with the same species list as the labels",
         )
-    return probs, true
+    return true
 
 
 def predicted_species(probs: pd.DataFrame) -> pd.Series:

@@ -1,9 +1,9 @@
-"""Submissions: probabilities in the exact layout of submission_format, checked (notebook 06).
+"""Submissions (notebook 06): probabilities in the exact layout of submission_format, checked.
 
-The competition scores a CSV with one row per test id, in the order of ``submission_format.csv``,
-and one probability column per species, in its order. A missing or extra id, a swapped column
-or a row that does not sum to 1 makes the upload fail (or, worse, score the wrong rows), so
-`write_submission` refuses to write anything `validate_submission` does not pass.
+The competition scores one row per test id and one probability column per species, both in the
+order of ``submission_format.csv``. A missing id, a swapped column or a row that does not sum
+to 1 fails the upload (or scores the wrong rows), so `write_submission` writes nothing that
+`validate_submission` refuses.
 """
 
 from __future__ import annotations
@@ -23,18 +23,10 @@ _FIX_WITH_MAKE = "build it with make_submission(probs, submission_format)"
 
 
 def make_submission(probs: pd.DataFrame, submission_format: pd.DataFrame) -> pd.DataFrame:
-    """Lay out predicted probabilities in the exact row and column order of submission_format.
+    """Lay out ``probs`` (id × species, any order) as a float64 frame in submission_format's order.
 
     Every test id must be predicted exactly once: missing, extra or repeated ids are refused,
     never filled in or dropped.
-
-    Args:
-        probs: probabilities indexed by id with one column per species (e.g. from ``predict``),
-            rows and columns in any order.
-        submission_format: the competition's ``submission_format.csv`` indexed by id.
-
-    Returns:
-        A float64 frame with the index and columns of ``submission_format``.
     """
     _require_frame(probs, "probs")
     _check_format(submission_format)
@@ -50,9 +42,8 @@ def make_submission(probs: pd.DataFrame, submission_format: pd.DataFrame) -> pd.
 def validate_submission(df: pd.DataFrame, submission_format: pd.DataFrame) -> None:
     """Raise `SubmissionError` unless ``df`` is a submission the competition will accept.
 
-    Checks, in order: the index name, the columns and their order, duplicated, missing and
-    extra ids, the row order, numeric values, NaN or infinite values, values outside [0, 1],
-    and rows whose probabilities do not sum to 1 (within `ROW_SUM_TOLERANCE`).
+    Checks, in order: the index name, the columns and their order, the ids, the row order,
+    numbers, NaN or infinity, values outside [0, 1], and rows not summing to 1.
     """
     _require_frame(df, "the submission")
     _check_format(submission_format)
@@ -63,9 +54,7 @@ def validate_submission(df: pd.DataFrame, submission_format: pd.DataFrame) -> No
             if expected_name in df.columns
             else f"df.index.name = {expected_name!r} (the index must hold the test ids)"
         )
-        raise SubmissionError(
-            f"the index is named {df.index.name!r}, expected {expected_name!r}", fix=fix
-        )
+        raise SubmissionError(f"the index is named {df.index.name!r}, expected {expected_name!r}", fix=fix)
     _check_columns(df, submission_format, allow_reordered=False)
     _check_ids(df, submission_format)
     if not df.index.equals(submission_format.index):
@@ -91,19 +80,10 @@ def validate_submission(df: pd.DataFrame, submission_format: pd.DataFrame) -> No
 
 
 def write_submission(df: pd.DataFrame, path: str | Path, submission_format: pd.DataFrame) -> Path:
-    """Validate ``df`` and write it as a CSV the competition accepts; never writes an invalid one.
+    """Validate ``df`` and write it atomically as a CSV the competition accepts; returns the path.
 
-    The file is written to a temporary name and renamed into place (`fileio.atomic_writer`), so
-    an interrupted write never leaves a half-written submission. Floats are written at full
-    (round-trip) precision.
-
-    Returns:
-        The path written.
-
-    Raises:
-        SubmissionError: ``df`` is not a valid submission (nothing is written).
-        ConservizError: the file cannot be written (full disk, read-only folder); a previous
-            submission at ``path`` is left as it was.
+    An invalid ``df`` (`SubmissionError`) or a failed write (`ConservizError`: full disk,
+    read-only folder) leaves nothing half-written, and a previous file at ``path`` as it was.
     """
     validate_submission(df, submission_format)
     path = Path(path)
@@ -133,7 +113,6 @@ def read_submission(path: str | Path) -> pd.DataFrame:
 
 
 def _require_frame(obj: object, what: str) -> None:
-    """Refuse anything but a DataFrame, naming what was expected."""
     if not isinstance(obj, pd.DataFrame):
         raise SubmissionError(
             f"{what} must be a pandas DataFrame indexed by id, not {type(obj).__name__}",
@@ -142,7 +121,6 @@ def _require_frame(obj: object, what: str) -> None:
 
 
 def _check_format(submission_format: pd.DataFrame) -> None:
-    """Refuse a submission_format that was read without its id index."""
     _require_frame(submission_format, "submission_format")
     if "id" in submission_format.columns:
         raise SubmissionError(
@@ -153,7 +131,6 @@ def _check_format(submission_format: pd.DataFrame) -> None:
 
 
 def _check_numeric(df: pd.DataFrame) -> None:
-    """Refuse columns that do not hold numbers (text, booleans)."""
     for column in df.columns:
         dtype = df[column].dtype
         if not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
@@ -164,12 +141,9 @@ def _check_numeric(df: pd.DataFrame) -> None:
             )
 
 
-def _check_columns(
-    df: pd.DataFrame, submission_format: pd.DataFrame, *, allow_reordered: bool
-) -> None:
+def _check_columns(df: pd.DataFrame, submission_format: pd.DataFrame, *, allow_reordered: bool) -> None:
     """Refuse missing, extra or repeated species columns (and reordered ones unless allowed)."""
-    expected = list(submission_format.columns)
-    found = list(df.columns)
+    expected, found = list(submission_format.columns), list(df.columns)
     for absent, problem, fix in [
         ([c for c in expected if c not in found], "missing species column(s)",
          f"give one probability column per species: {expected}"),
@@ -193,7 +167,6 @@ def _check_columns(
 
 
 def _check_ids(df: pd.DataFrame, submission_format: pd.DataFrame) -> None:
-    """Refuse duplicated ids, test ids without a row, and rows that are not test ids."""
     refuse_repeated_ids(df.index, "the submission", fix="keep one row per test id", error=SubmissionError)
     for ids, listed, problem, fix in [
         (submission_format.index, df.index, "test ids without a prediction",
@@ -210,8 +183,5 @@ def _check_values(df: pd.DataFrame, bad: np.ndarray, problem: str, fix: str) -> 
     """Raise naming the first bad column and every bad row, if ``bad`` marks any cell."""
     if bad.any():
         raise SubmissionError(
-            problem,
-            column=str(df.columns[bad.any(axis=0)][0]),
-            rows=df.index[bad.any(axis=1)],
-            fix=fix,
+            problem, column=str(df.columns[bad.any(axis=0)][0]), rows=df.index[bad.any(axis=1)], fix=fix
         )

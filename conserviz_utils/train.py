@@ -1,20 +1,9 @@
 """The training loop, taught in notebook 04: ``fit`` a model, epoch by epoch, batch by batch.
 
-Read ``fit`` top to bottom: for every epoch, for every batch, forward → loss → backward → step,
-then score the eval loader. Between those lines it calls two seams by name:
-
-* **callbacks** (:mod:`conserviz_utils.callbacks`) hear events (``on_loss``, ``on_batch_end``,
-  ``on_eval_end``, …) and hold every extra: the history, the NaN/inf guard, gradient clipping,
-  learning-rate schedules, early stopping, checkpoints, progress bars. ``fit``'s arguments switch
-  the built-in ones on (:func:`default_callbacks`); ``callbacks=[...]`` adds yours.
-* **the session** (:mod:`conserviz_utils.runtime.session`) keeps where the run stands, so that
-  Ctrl-C or SIGTERM stop at a batch boundary with a checkpoint, ``fit(..., resume_from=path)``
-  continues exactly (on a CPU with a fixed seed and ``num_workers=0``: the same weights as an
-  uninterrupted run), and every rank stops at the same batch under torchrun.
-
-Device and precision come from :mod:`conserviz_utils.runtime.device` (``device="auto"``: CUDA, then
-Apple's MPS, then the CPU; ``precision="auto"``: measured on CPUs); for several GPUs wrap the model
-in ``DistributedDataParallel`` under torchrun (:mod:`conserviz_utils.runtime.distributed`).
+For every batch: forward, loss, backward, step; after every epoch, score the eval loader. The
+rest is callbacks (:mod:`conserviz_utils.callbacks`) and the ``run``
+(:mod:`conserviz_utils.runtime.session`), which stops Ctrl-C or SIGTERM at a batch boundary and
+lets ``resume_from`` continue exactly (on a CPU, seeded, ``num_workers=0``: to the same weights).
 """
 
 from __future__ import annotations
@@ -28,14 +17,7 @@ import torch
 from torch import nn
 
 from conserviz_utils.callbacks import (
-    Callback,
-    Checkpointer,
-    EarlyStopping,
-    GradientClipping,
-    LRScheduler,
-    NonFiniteLossGuard,
-    ProgressBars,
-    as_early_stopping,
+    Callback, Checkpointer, EarlyStopping, GradientClipping, LRScheduler, NonFiniteLossGuard, ProgressBars,
 )
 from conserviz_utils.errors import TrainingError
 from conserviz_utils.inference import evaluate
@@ -62,84 +44,53 @@ def fit(
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
 ) -> pd.DataFrame:
-    """Train ``model`` and return its history; stop cleanly and resumably on an interrupt.
+    """Train ``model`` in place and return its history; stop cleanly and resumably on an interrupt.
 
     Args:
-        model: Any classifier returning logits, e.g. from ``build_model``. It is moved to
-            ``device`` (channels-last) and trained in place.
-        train_loader: Batches as dicts with "image" (N, 3, H, W), "label" (one-hot, N x classes,
-            or class numbers) and "image_id"; ``data.make_loader`` builds them. A DataLoader's
-            shuffling is seeded by ``fit`` (see :mod:`conserviz_utils.runtime.resume`).
-        eval_loader: Labelled batches scored after every epoch (eval loss, accuracy, log loss).
-        epochs: Total number of epochs of the run. When resuming, the epochs already done count:
-            re-running the same call with ``resume_from`` finishes the same run.
-        optimizer: Defaults to the walkthrough's SGD(lr=0.001, momentum=0.9) over the
-            parameters that require gradients.
-        criterion: Defaults to ``nn.CrossEntropyLoss()`` (one-hot labels work as probability
-            targets). Computed in float32 whatever the precision.
-        scheduler: A learning-rate scheduler, stepped after every batch; ``ReduceLROnPlateau``
-            is stepped once per epoch with the eval log loss.
-        device: "auto", "cpu", "cuda", "cuda:1", "mps" or a torch.device.
-        precision: "auto", "fp32", "bf16" or "fp16"
-            (:func:`conserviz_utils.runtime.device.choose_precision`: on a CPU, measured).
-        clip_grad_norm: Clip the gradients' total norm to this before each step (the norm
-            before clipping is recorded in the ``grad_norm`` column).
-        early_stopping: A patience (epochs without a better eval log loss) or an
-            :class:`~conserviz_utils.callbacks.EarlyStopping`; needs ``eval_loader``.
-        checkpoint_path: Where to write a resumable checkpoint after every epoch and on an
-            interrupt (atomically: the previous one survives a crash during the write).
-        resume_from: A checkpoint written by ``fit`` to continue from (often the same path as
-            ``checkpoint_path``). Pass the same kind of model, optimizer and callbacks.
-        seed: Seeds torch, numpy and Python's random module at the start and the shuffling of
-            every epoch. None draws a seed (recorded in ``history.attrs["seed"]``).
-        progress: Show an epoch bar and a batch bar (tqdm); False keeps output silent.
-        callbacks: Your own :class:`~conserviz_utils.callbacks.Callback` objects, run with the
-            built-in ones in ``order``.
+        model: A classifier returning logits (e.g. ``build_model``'s), moved to ``device``
+            channels-last; under torchrun, wrapped in ``DistributedDataParallel``.
+        train_loader: Batches as ``data.make_loader`` builds them: dicts with "image", "label"
+            (one-hot or class numbers) and "image_id". ``fit`` seeds a DataLoader's shuffle.
+        epochs: Of the whole run: re-running the same call with ``resume_from`` finishes it.
+        optimizer: Default: the walkthrough's SGD(lr=0.001, momentum=0.9).
+        criterion: Default: ``nn.CrossEntropyLoss()``, in float32 whatever the precision.
+        scheduler: Stepped after every batch (build it for ``epochs * len(train_loader)`` steps);
+            a ``ReduceLROnPlateau`` after each evaluation.
+        device: "auto" (CUDA, then MPS, then the CPU), "cpu", "cuda:1", ... or a torch.device.
+        precision: "auto" (on a CPU: fp32 or bf16, whichever measures faster), "fp32", "bf16", "fp16".
+        clip_grad_norm: Clip the gradients' total norm to this (the ``grad_norm`` column).
+        early_stopping: A patience (epochs) or an ``EarlyStopping``; needs ``eval_loader``.
+        checkpoint_path: Where to write a checkpoint after every epoch and on an interrupt.
+        resume_from: A checkpoint ``fit`` wrote; pass the same kind of model, optimizer and callbacks.
+        seed: Seeds torch, numpy, random and each epoch's shuffle; None draws one.
 
     Returns:
-        The history (columns :data:`~conserviz_utils.callbacks.HISTORY_COLUMNS`; earlier rows
-        included when resuming), with ``.attrs``: device, precision, seed, epochs_completed,
-        interrupted, interrupt_signal ("SIGINT", "SIGTERM" or "KeyboardInterrupt"), checkpoint
-        (path written, or None), resumed_from, stopped_early, best_epoch, best_eval_log_loss,
-        and skipped (sorted (id, reason) pairs of unreadable images).
+        The history (:data:`~conserviz_utils.callbacks.HISTORY_COLUMNS`, a resumed run's earlier
+        rows too); ``.attrs``: device, precision, seed, epochs_completed, interrupted,
+        interrupt_signal, checkpoint, resumed_from, stopped_early, best_epoch, best_eval_log_loss,
+        skipped ((id, reason) of each unreadable image).
 
     Raises:
-        TrainingError: the loss became NaN or infinite (naming epoch, batch and images), the
-            loader is empty or not conserviz's batch layout, or the device/precision is missing.
-        CheckpointError: ``resume_from`` is unreadable or does not fit the model, or a
-            checkpoint cannot be written.
+        TrainingError: a NaN or infinite loss (naming epoch, batch and images), a loader that is
+            empty or not in conserviz's batch layout, a missing device or precision.
+        CheckpointError: ``resume_from`` is unreadable or does not fit; a checkpoint cannot be written.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
-    callbacks = list(callbacks)
-    for callback in callbacks:
-        if not isinstance(callback, Callback):
-            raise TypeError(f"callbacks must be Callback objects, got {type(callback).__name__}")
-    built_in = default_callbacks(
-        clip_grad_norm, scheduler, as_early_stopping(early_stopping), checkpoint_path, progress
-    )
-
+    callbacks = check_arguments(epochs, seed, callbacks)
+    built_in = default_callbacks(clip_grad_norm, scheduler, early_stopping, checkpoint_path, progress)
     device = pick_device(device)
-    # "auto" on a CPU times a few fp32 and bf16 steps of this model at this batch size (once per
-    # machine: the decision is remembered), since which is faster depends on the CPU model.
-    choice = choose_precision(
-        precision, device, unwrap_model(model), getattr(train_loader, "batch_size", None), "train"
-    )
+    # "auto" on a CPU times fp32 against bf16 on this model and batch size (once per machine).
+    choice = choose_precision(precision, device, unwrap_model(model), getattr(train_loader, "batch_size", None),
+                              "train")
     precision = choice.precision
     was_training = model.training
     if unwrap_model(model) is model:  # a DDP wrapper stays where it was built
         model.to(device=device, memory_format=torch.channels_last)
-    if optimizer is None:
-        optimizer = walkthrough_optimizer(model)
+    optimizer = optimizer if optimizer is not None else walkthrough_optimizer(model)
     criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
     # fp16's narrow range loses small gradients unless the loss is scaled up; bf16 and fp32 need not.
     scaler = grad_scaler(device, enabled=precision == "fp16")
-    run = Session(
-        model, train_loader, eval_loader, epochs=epochs, optimizer=optimizer, scaler=scaler, device=device,
-        precision=precision, precision_choice=choice, callbacks=[*built_in, *callbacks],
-    )
+    run = Session(model, train_loader, eval_loader, epochs=epochs, optimizer=optimizer, scaler=scaler,
+                  device=device, precision=precision, precision_choice=choice, callbacks=[*built_in, *callbacks])
     run.start(resume_from, seed)  # the checkpoint's weights, position and random states; or the seed
 
     with run.running():  # on_fit_start; Ctrl-C or SIGTERM: on_interrupt; on_fit_end
@@ -165,36 +116,45 @@ def fit(
     return run.history_frame()
 
 
+def check_arguments(epochs: int, seed: int | None, callbacks: Sequence[Callback]) -> list[Callback]:
+    """Refuse an epoch count, seed or callback ``fit`` cannot use; the callbacks as a list."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+    callbacks = list(callbacks)
+    for callback in callbacks:
+        if not isinstance(callback, Callback):
+            raise TypeError(f"callbacks must be Callback objects, got {type(callback).__name__}")
+    return callbacks
+
+
 def walkthrough_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     """The walkthrough's SGD(lr=0.001, momentum=0.9) over the parameters that require gradients."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
-        raise TrainingError(
-            "the model has no trainable parameters", fix="unfreeze(model), or leave some layers trainable"
-        )
+        raise TrainingError("the model has no trainable parameters",
+                            fix="unfreeze(model), or leave some layers trainable")
     return torch.optim.SGD(trainable, lr=0.001, momentum=0.9)
 
 
-def default_callbacks(
-    clip_grad_norm: float | None,
-    scheduler: Any | None,
-    early_stopping: EarlyStopping | None,
-    checkpoint_path: str | Path | None,
-    progress: bool,
-) -> list[Callback]:
-    """The callbacks ``fit``'s arguments stand for (the history is always there)."""
-    callbacks: list[Callback] = [NonFiniteLossGuard()]
-    if clip_grad_norm is not None:
-        callbacks.append(GradientClipping(clip_grad_norm))
-    if scheduler is not None:
-        callbacks.append(LRScheduler(scheduler))
-    if early_stopping is not None:
-        callbacks.append(early_stopping)
-    if checkpoint_path is not None:
-        callbacks.append(Checkpointer(checkpoint_path))
-    if progress:
-        callbacks.append(ProgressBars())
-    return callbacks
+def default_callbacks(clip_grad_norm: float | None, scheduler: Any | None, early_stopping: int | EarlyStopping | None,
+                      checkpoint_path: str | Path | None, progress: bool) -> list[Callback]:
+    """The callbacks ``fit``'s arguments stand for (the session adds the history)."""
+    if isinstance(early_stopping, int) and not isinstance(early_stopping, bool):
+        early_stopping = EarlyStopping(patience=early_stopping)
+    elif not (early_stopping is None or isinstance(early_stopping, EarlyStopping)):
+        raise ValueError(f"early_stopping must be a patience (int), an EarlyStopping or None; "
+                         f"got {early_stopping!r}")
+    callbacks = [
+        NonFiniteLossGuard(),
+        GradientClipping(clip_grad_norm) if clip_grad_norm is not None else None,
+        LRScheduler(scheduler) if scheduler is not None else None,
+        early_stopping,
+        ProgressBars() if progress else None,
+        Checkpointer(checkpoint_path) if checkpoint_path is not None else None,
+    ]
+    return [callback for callback in callbacks if callback is not None]
 
 
 __all__ = ["default_callbacks", "fit"]

@@ -126,3 +126,33 @@ def test_compile_times_eager_with_a_note_when_the_compiled_call_fails(monkeypatc
     assert result["compiled"] is False
     assert result["note"] == "torch.compile failed (RuntimeError: InductorError: no working C++ compiler found); ran eagerly"
     assert _positive(result["images_per_second"]) and _positive(result["first_batch_seconds"])
+
+
+PASSES = PROJECT_ROOT / "benchmarks" / "passes.py"
+
+
+def test_the_pass_benchmark_prints_each_pass_against_the_raw_model(sample_dir, tmp_path):
+    out = tmp_path / "passes.json"
+    env = {**os.environ, "CONSERVIZ_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, str(PASSES), "--data", str(sample_dir), "--train-images", "32",
+                           "--inference-images", "64", "--precision", "fp32", "--out", str(out)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900, check=False, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    rows = {(row["pass"], row["source"]): row for row in results["passes"]}
+    assert set(rows) == {(name, source) for name in ("embeddings", "fine-tuning", "evaluation", "prediction")
+                         for source in ("decode", "cache")}
+    for row in rows.values():
+        assert _positive(row["images_per_s"]) and _positive(row["raw_images_per_s"])
+        assert math.isclose(row["ratio"], row["images_per_s"] / row["raw_images_per_s"])
+        assert math.isclose(row["marginal_ratio"], row["marginal_images_per_s"] / row["raw_images_per_s"], rel_tol=1e-9) or math.isnan(row["marginal_ratio"])
+        line = next(line for line in done.stdout.splitlines() if line.split()[:2] == [row["pass"], row["source"]])
+        assert f"{row['ratio']:.2f}" in line
+    assert results["cache_build"]["built"] == 32 + 64  # each image decoded once, before the passes
+    assert "CPU:" in done.stdout and results["machine"]["cpu"] in done.stdout
+
+
+def test_the_pass_benchmark_refuses_a_folder_without_the_competition_csvs(tmp_path):
+    done = subprocess.run([sys.executable, str(PASSES), "--data", str(tmp_path), "--quick"], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2 and "make sample" in done.stderr and "Traceback" not in done.stderr

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -227,3 +230,30 @@ def test_lr_scheduler_callback_keeps_the_scheduler_state():
     fresh = LRScheduler(torch.optim.lr_scheduler.StepLR(fresh_optimizer, step_size=1, gamma=0.1))
     fresh.load_state_dict(state)
     assert fresh.scheduler.last_epoch == 1
+
+
+def test_progress_bars_show_the_device_precision_and_losses(capsys):
+    train_loader, eval_loader = loaders()
+    fit(tiny_model(), train_loader, eval_loader, epochs=2, seed=0, device="cpu", precision="fp32", progress=True)
+    shown = capsys.readouterr().err
+    assert "fit on cpu, fp32" in shown and "2/2" in shown
+    assert "eval_log_loss=" in shown and "loss=" in shown
+
+
+def test_early_stopping_keeps_the_best_epochs_eval_logits_through_a_checkpoint(tmp_path):
+    import io
+
+    stopper = EarlyStopping(patience=2)
+    trainer = types.SimpleNamespace(position=types.SimpleNamespace(epoch=0), should_stop=False,
+                                    unwrapped_model=torch.nn.Linear(2, 2))
+    best = pd.DataFrame([[0.5, -0.5], [1.0, 2.0]], index=pd.Index(["a", "b"], name="id"), columns=["x", "y"])
+    stopper.on_eval_end(trainer, {"eval_log_loss": 0.4, "logits": best})
+    trainer.position.epoch = 1
+    stopper.on_eval_end(trainer, {"eval_log_loss": 0.9, "logits": best * 10})  # worse: not kept
+    buffer = io.BytesIO()
+    torch.save(stopper.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = EarlyStopping(patience=2)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))  # how fit reads a checkpoint
+    pd.testing.assert_frame_equal(resumed.best_logits, best)
+    assert resumed.best_epoch == 1

@@ -302,7 +302,7 @@ def assert_trained_with(call, recipe: Recipe, model) -> None:
     optimised = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert optimised == {id(p) for p in model.parameters()}
     assert all(p.requires_grad for p in model.parameters())  # unfrozen: every layer learns
-    assert (call["epochs"], call["early_stopping"], call["seed"]) == (
+    assert (call["epochs"], call["early_stopping"].patience, call["seed"]) == (
         recipe.fine_tune_epochs, recipe.fine_tune_patience, recipe.seed)
 
 
@@ -441,11 +441,38 @@ def test_notebook_04s_loader_cell_builds_what_make_loaders_builds(course, augmen
     cells = nbformat.read(PROJECT_ROOT / "notebooks" / "04_train.ipynb", as_version=4).cells
     cell = next(c for c in cells if c.get("id") == "fine-tune-loaders")
     namespace = {"model": types.SimpleNamespace(arch=recipe.arch), "data": data, "split": split, "recipe": recipe,
-                 "train_ids": training_ids(split.train, data.train_labels, recipe)}
+                 "settings": settings, "train_ids": training_ids(split.train, data.train_labels, recipe)}
     exec(cell.source, namespace)  # the notebook's own code
-    expected = make_loaders(data, split, recipe, namespace["model"])
+    expected = make_loaders(data, split, recipe, namespace["model"], image_cache=settings.artifacts.images)
     for shown, built in zip((namespace["train_loader"], namespace["eval_loader"]), expected, strict=True):
         assert shown.batch_size == built.batch_size
         assert shown.dataset.image_ids == built.dataset.image_ids
         assert repr(shown.dataset.transform) == repr(built.dataset.transform)
+        assert repr(shown.dataset.cache) == repr(built.dataset.cache)  # both read the run's image cache
+        assert built.dataset.cache.root == settings.artifacts.images
     assert ("RandomResizedCrop" in repr(namespace["train_set"].transform)) == augment
+
+
+def test_the_fine_tuning_loaders_read_the_images_embed_images_decoded_without_decoding_again(course, monkeypatch):
+    import types
+
+    from conserviz_utils.course.steps import cache_images, make_loaders
+    from conserviz_utils.files import image_cache
+
+    data, settings = course
+    split = ensure_splits(data, settings)
+    recipe = Recipe(batch_size=8)
+    report = cache_images(data.train_features, recipe.arch, settings, progress=False)
+    assert report.built == len(data.train_features) and not report.failed
+    assert cache_images(data.train_features, recipe.arch, settings, progress=False).reused == report.total
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a JPEG was decoded again")
+
+    monkeypatch.setattr(image_cache, "open_image", no_decoding)
+    model = types.SimpleNamespace(arch=recipe.arch)
+    train_loader, eval_loader = make_loaders(data, split, recipe, model, image_cache=settings.artifacts.images)
+    for loader in (train_loader, eval_loader):
+        dataset = loader.dataset
+        first, last = dataset[0], dataset[len(dataset) - 1]
+        assert first["image"].shape == last["image"].shape == (3, 224, 224)

@@ -145,3 +145,11 @@ def test_shift_one_side_and_ratio_hints_on_a_species_present_on_both_sides():
 def test_shift_unanswered_names_what_is_missing():
     result = check_share_shift("hog", None, SPLIT, LABELS)
     assert result.status == "not answered yet" and "shift" in result.message
+
+
+def test_a_split_of_float16_arrays_gets_a_hint_not_a_pandas_error():
+    # Found by the fuzz test: pandas has no float16 Index.
+    from conserviz_utils.teaching.exercises.results import read_split
+
+    sides, problem = read_split(np.zeros((2, 1), dtype=np.float16), pd.Index(["a", "b"]))
+    assert problem is None and list(sides[0]) == [0.0]

@@ -15,7 +15,6 @@ from conserviz_utils.files import fileio
 from conserviz_utils.errors import ConservizError
 from conserviz_utils.files.fileio import (
     TEMP_PREFIX,
-    atomic_write_bytes,
     atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
@@ -31,8 +30,6 @@ def leftovers(folder: Path) -> list[str]:
 def test_each_helper_writes_its_content_and_returns_the_path(tmp_path):
     assert atomic_write_text(tmp_path / "a.txt", "é\r\nline") == tmp_path / "a.txt"
     assert (tmp_path / "a.txt").read_bytes() == "é\r\nline".encode()  # UTF-8, newlines as given
-    atomic_write_bytes(tmp_path / "b.bin", b"\x00\xff")
-    assert (tmp_path / "b.bin").read_bytes() == b"\x00\xff"
     atomic_write_json(tmp_path / "c.json", {"loss": 0.5, "ids": ["ZJ1"]})
     assert json.loads((tmp_path / "c.json").read_text()) == {"loss": 0.5, "ids": ["ZJ1"]}
     frame = pd.DataFrame({"bird": [0.25]}, index=pd.Index(["ZJ1"], name="id"))
@@ -68,7 +65,8 @@ def test_a_crash_mid_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 
 def test_ctrl_c_mid_write_keeps_the_old_file(tmp_path):
-    path = atomic_write_bytes(tmp_path / "model.pt", b"old weights")
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"old weights")
     with pytest.raises(KeyboardInterrupt), atomic_writer(path, "wb") as handle:
         handle.write(b"new wei")
         raise KeyboardInterrupt
@@ -106,7 +104,8 @@ def test_a_full_disk_names_the_target_and_says_free_space(tmp_path, monkeypatch)
 
 
 def test_a_full_disk_while_writing_the_bytes_is_reported_the_same_way(tmp_path):
-    path = atomic_write_bytes(tmp_path / "cache.npy", b"old")
+    path = tmp_path / "cache.npy"
+    path.write_bytes(b"old")
     writer = atomic_writer(path, "wb", what="cache entry")
     with pytest.raises(ConservizError, match="No space left") as caught, writer as handle:
         handle.write(b"ne")
@@ -132,8 +131,8 @@ def test_an_unwritable_folder_names_the_target_and_the_fix(tmp_path, monkeypatch
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr("builtins.open", refuse_temporary_files)
-    with pytest.raises(ConservizError) as caught:
-        atomic_write_bytes(path, b"weights", what="checkpoint")
+    with pytest.raises(ConservizError) as caught, atomic_writer(path, "wb", what="checkpoint") as handle:
+        handle.write(b"weights")
     monkeypatch.undo()
     error = caught.value
     assert error.path == path
@@ -197,8 +196,10 @@ def test_only_text_and_binary_modes(tmp_path):
 def test_a_cache_write_skips_the_fsyncs_but_stays_atomic(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd))
-    atomic_write_bytes(tmp_path / "entry.bin", b"cached", durable=False)
+    with atomic_writer(tmp_path / "entry.bin", "wb", durable=False) as handle:
+        handle.write(b"cached")
     assert calls == [] and (tmp_path / "entry.bin").read_bytes() == b"cached"
-    atomic_write_bytes(tmp_path / "model.bin", b"weights")
+    with atomic_writer(tmp_path / "model.bin", "wb") as handle:
+        handle.write(b"weights")
     assert len(calls) == 2  # the file, then its folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["entry.bin", "model.bin"]

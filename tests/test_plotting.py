@@ -14,9 +14,9 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix
 
 from conserviz_utils import SPECIES, DataValidationError
+from conserviz_utils.files.images import describe_images
 from conserviz_utils.palette import HATCHES, MIN_FONT_SIZE, PALETTE, stretch_for_display
 from conserviz_utils.plotting import (
-    image_sizes,
     plot_class_distribution,
     plot_confusion_matrix,
     plot_image_sizes,
@@ -138,9 +138,9 @@ def test_images_per_site_draws_sorted_bars_for_train_and_test(dataset):
 
 def test_image_sizes_reads_headers_and_plots_counts(dataset):
     features, _ = dataset
-    sizes = image_sizes(features)
+    sizes = describe_images(features, max_images=None)[["width", "height"]]
     assert sizes.loc["ZJ000000"].tolist() == [32, 24] and sizes.loc["ZJ000001"].tolist() == [48, 27]
-    fig = plot_image_sizes(features)
+    fig = plot_image_sizes(features)  # the headers read from the paths
     (ax,) = fig.axes
     assert [t.get_text() for t in ax.get_yticklabels()] == ["32×24", "48×27"]
     assert [bar.get_width() for bar in ax.patches] == [12, 12]

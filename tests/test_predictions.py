@@ -200,3 +200,52 @@ def test_logits_round_trip_exactly_and_skipped_images_are_not_cached(run, tmp_pa
     other = tmp_path / "partial.csv"
     cached_logits(other, model, data, "train", ids, data.species, lambda: (partial, "made up"), say=None)
     assert not other.exists()
+
+
+def test_notebook_05_reads_the_eval_logits_fit_computed_at_the_kept_epoch(run):
+    import copy
+
+    from conserviz_utils.course.recipe import Recipe
+    from conserviz_utils.course.results import save_course_checkpoint
+    from conserviz_utils.course.steps import fine_tune, keep_better_stage, make_loaders
+
+    settings, data, split, model, _ = run
+    settings.artifacts.eval_logits.unlink(missing_ok=True)
+    recipe = Recipe.from_settings(settings).replace(fine_tune_epochs=1, max_train_images=64)
+    head_state = copy.deepcopy(model.state_dict())
+    train_loader, eval_loader = make_loaders(data, split, recipe, model, image_cache=settings.artifacts.images)
+    history = fine_tune(model, train_loader, eval_loader, recipe, progress=False)
+    choice = keep_better_stage(model, head_state, float("inf"), history)  # keep the fine-tuned stage
+    assert choice.stage == "fine-tuned" and len(choice.eval_logits["ids"]) == len(split.eval)
+    save_course_checkpoint(model, choice, data, split, settings, recipe)
+    assert settings.artifacts.eval_logits.is_file()  # written by 04, before 05 runs
+
+    reloaded, checkpoint = load_checkpoint(settings.artifacts.checkpoint)
+    forwards = Forwards(reloaded)
+    logits = course.eval_logits(reloaded, checkpoint, data, split, settings, progress=False)
+    assert forwards.backbone == 0 and forwards.head == 0  # no pass over the eval images
+    assert read_sidecar(settings.artifacts.eval_logits)["extra"]["how"].startswith("fit's evaluation at the kept epoch")
+    assert logits.attrs["how"].startswith("read from eval_logits.csv (fit's evaluation at the kept epoch")
+    assert list(logits.index) == list(split.eval) and list(logits.columns) == data.species
+    # The very numbers the reloaded model gives over the images, in fit's precision.
+    precision = history.attrs["precision"]
+    images = predict_logits(reloaded, course.prediction_loader(reloaded, data.train_features.loc[split.eval], settings),
+                            precision=precision, progress=False)
+    np.testing.assert_allclose(logits.to_numpy(), images.loc[logits.index].to_numpy(),
+                               atol=1e-4 if precision == "fp32" else 0.05)
+
+
+def test_eval_logits_that_miss_an_eval_image_are_not_kept(run):
+    from conserviz_utils.course.results import keep_eval_logits
+
+    settings, data, split, model, _ = run
+    settings.artifacts.eval_logits.unlink(missing_ok=True)
+    ids = [str(i) for i in split.eval]
+    values = np.zeros((len(ids), len(data.species))).tolist()
+    whole = {"ids": ids, "columns": list(data.species), "values": values}
+    short = {"ids": ids[1:], "columns": list(data.species), "values": values[1:]}  # an unreadable image skipped
+    assert keep_eval_logits(model, short, data, split, settings) is None
+    assert not settings.artifacts.eval_logits.exists()
+    other_species = {**whole, "columns": list(reversed(data.species))}
+    assert keep_eval_logits(model, other_species, data, split, settings) is None
+    assert keep_eval_logits(model, whole, data, split, settings) == settings.artifacts.eval_logits

@@ -1,16 +1,11 @@
-"""Cross-validation on the fast path: one head per site-grouped fold, trained on cached embeddings.
+"""Cross-validation on the fast path: heads trained on cached embeddings, one set per site-grouped fold.
 
-A single split gives one score from one quarter of the sites. Cross-validation grouped by site
-(:func:`conserviz_utils.climb.folds.site_folds`) lets every train image be predicted once by a head
-that never saw its site: the out-of-fold (OOF) predictions. Their log loss, with its spread over
-the folds, is the course's honest estimate of the leaderboard score. Each head stops early on
-a held-out slice of its fold's *training* sites, never on the fold's eval images, so the OOF
-images are untouched until they are scored. A random (not grouped) CV of the same heads,
-:func:`random_folds`, shows how much a split that ignores sites flatters the score.
-
-With ``heads_per_fold > 1`` every fold trains several heads on site folds of its own training
-part, each stopping on a different part: members whose OOF predictions can be blended
-(:mod:`conserviz_utils.climb.ensemble`) exactly as the test predictions of all the heads are.
+Cross-validation grouped by site (`climb.folds.site_folds`) has every train image predicted once
+by a head that never saw its site: the out-of-fold (OOF) predictions, whose log loss and spread
+over the folds are the course's honest estimate of the leaderboard score. Each head stops early on
+held-out *training* sites of its fold, never on the fold's eval images. :func:`random_folds` shows
+how much a split that ignores sites flatters the score. With ``heads_per_fold > 1`` each fold's
+heads are members to blend (:mod:`conserviz_utils.climb.ensemble`).
 """
 
 from __future__ import annotations
@@ -46,11 +41,7 @@ INNER_SPLITS = ("site", "random")
 
 
 def random_folds(labels, n_folds: int = 5, seed: int = 0) -> pd.Series:
-    """Random stratified folds that ignore sites: the leaky comparison for `site_folds`.
-
-    Returns:
-        A Series ``fold`` (0 … n_folds-1) indexed by id, in the order of ``labels``.
-    """
+    """Random stratified folds that ignore sites (the leaky comparison for `site_folds`): a Series ``fold`` by id."""
     species = species_names(labels, species=None)
     _check_n_folds(n_folds, len(species))
     with warnings.catch_warnings():  # a species with fewer images than folds is fine here
@@ -73,16 +64,9 @@ def _check_n_folds(n_folds: int, n_images: int) -> None:
 
 @dataclass(frozen=True)
 class FoldHead:
-    """One trained head of a cross-validation, and what it was trained and stopped on.
+    """A cross-validation's head: the ``fold`` it predicts, trained on ``fit_ids``, stopped on ``watch_ids``.
 
-    Attributes:
-        fold: The fold whose images it predicts out of fold (it never saw them).
-        member: Its number among the heads of that fold.
-        head: The trained head (a copy of the template passed to `cross_validate`).
-        fit_ids: The images it was trained on.
-        watch_ids: The held-out training images early stopping watched.
-        val_log_loss: Its log loss on ``watch_ids`` at the epoch it kept.
-        best_epoch: The epoch it kept.
+    ``val_log_loss`` is its log loss on ``watch_ids`` at ``best_epoch``, the epoch it kept.
     """
 
     fold: int
@@ -98,13 +82,8 @@ class FoldHead:
 class CrossValidation:
     """The heads of a cross-validation, their folds and their out-of-fold scores.
 
-    Attributes:
-        folds: The fold of each train image (a Series indexed by id).
-        heads: Every :class:`FoldHead`, fold by fold.
-        species: The classes, in the heads' logit order.
-        scores: One row per fold: images, sites, heads, its heads' mean ``val_log_loss`` and
-            the OOF ``log_loss`` and ``accuracy`` of the fold's heads (averaged) on its images.
-        inner: How each fold's training part was split for early stopping ("site"/"random").
+    ``scores`` has one row per fold: images, sites, heads, their mean ``val_log_loss``, and the
+    OOF ``log_loss`` and ``accuracy`` of its heads averaged; ``inner`` is "site" or "random".
     """
 
     folds: pd.Series
@@ -145,17 +124,11 @@ class CrossValidation:
         }
 
     def predict(self, embeddings, test_embeddings=None, names: str = "head") -> FoldPredictions:
-        """Every head's probabilities: out of fold for the train images, and for the test images.
+        """Every head's probabilities, out of fold for the train images and for the test images.
 
-        Args:
-            embeddings: The train images' :class:`Embeddings`, or several views of them
-                (a list or a dict name → Embeddings): each head's probabilities are then
-                averaged over the views (test-time augmentation).
-            test_embeddings: The test images' embeddings (or views, as many as for train).
-            names: Prefix of the member names ("whole", "crops", ...).
-
-        Returns:
-            :class:`~conserviz_utils.climb.ensemble.FoldPredictions` in the order of :attr:`folds`.
+        Several views of the embeddings (a list or a dict name → Embeddings, as many for test as
+        for train) average each head's probabilities over them (test-time augmentation).
+        ``names`` prefixes the member names ("whole", "crops", ...).
         """
         views = _views(embeddings, "embeddings")
         ids = pd.Index(self.folds.index, name="id")
@@ -173,8 +146,7 @@ class CrossValidation:
         test = None if test_views is None else np.empty((len(test_ids), self.n_folds, m, c))
         for fold_head in self.heads:
             rows = np.flatnonzero(fold_of == fold_head.fold)
-            eval_ids = ids[rows]
-            oof[rows, fold_head.member] = _mean_over_views(fold_head.head, views, eval_ids, self.species)
+            oof[rows, fold_head.member] = _mean_over_views(fold_head.head, views, ids[rows], self.species)
             val_loss[fold_head.fold, fold_head.member] = fold_head.val_log_loss
             if test_views is not None:
                 test[:, fold_head.fold, fold_head.member] = _mean_over_views(
@@ -194,11 +166,9 @@ class CrossValidation:
 
 def _views(embeddings, what: str) -> list[Embeddings]:
     """One or several Embeddings (a list, or a dict name → Embeddings) as a list."""
-    if isinstance(embeddings, Mapping):
-        embeddings = list(embeddings.values())
-    elif isinstance(embeddings, Embeddings):
+    if isinstance(embeddings, Embeddings):
         embeddings = [embeddings]
-    views = list(embeddings)
+    views = list(embeddings.values() if isinstance(embeddings, Mapping) else embeddings)
     if not views or not all(isinstance(view, Embeddings) for view in views):
         raise DataValidationError(
             f"{what} must be Embeddings, or a list or dict of Embeddings (one per view)",
@@ -256,30 +226,13 @@ def cross_validate(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> CrossValidation:
-    """Train heads fold by fold on cached embeddings and score them out of fold.
+    """Train copies of ``head`` fold by fold on cached embeddings and score them out of fold.
 
-    For fold k, the images of the other folds are its training part. Each head trains on part
-    of it and stops early (``recipe.head_patience``) on the rest: with one head per fold a
-    held-out ``recipe.head_holdout`` share of the training sites (`split_by_site`), with more
-    one site fold each (`site_folds`). ``inner="random"`` holds out random images instead, as a
-    CV that ignores sites would. The fold's eval images are only predicted, after training.
-
-    Args:
-        head: The template head (e.g. ``model.head``); it is copied, never trained itself.
-        embeddings: The train images' embeddings (from ``compute_embeddings``).
-        labels: The train labels (one-hot frame or species names) of every id of ``folds``.
-        folds: The fold of each train image (`site_folds` or `random_folds`).
-        features: The train features (``site`` column), needed by ``inner="site"``.
-        recipe: The head's hyperparameters (``head_*`` fields) and seed; default ``Recipe()``.
-            Every training image is used: ``max_train_images`` is not applied here.
-        heads_per_fold: Heads per fold, each stopping on a different held-out part.
-        inner: ``"site"`` or ``"random"``: how held-out training images are chosen.
-        species: The classes, in the head's logit order.
-        device: Where the heads train ("cpu" is fastest for heads this small).
-        progress: Show a progress bar over the heads.
-
-    Returns:
-        A :class:`CrossValidation` with the heads and the per-fold OOF scores.
+    Fold k's training part is the other folds' images. Each head trains on part of it and stops
+    early (``recipe.head_patience``) on the rest: with one head per fold a ``recipe.head_holdout``
+    share of the training sites (`split_by_site`), with more one site fold each (`site_folds`);
+    ``inner="random"`` holds out random images instead. ``features`` (a ``site`` column) is needed
+    by ``inner="site"``; ``recipe.max_train_images`` is not applied here.
     """
     recipe = Recipe() if recipe is None else recipe
     if inner not in INNER_SPLITS:

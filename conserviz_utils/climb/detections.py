@@ -1,27 +1,20 @@
 """Detector crops: read a MegaDetector batch-output JSON, crop each image to its animal.
 
 An animal often fills a few percent of a camera-trap frame; the rest is the site's background,
-which a classifier learns all too well. MegaDetector (or SpeciesNet's detector-only mode, after
-its conversion to this format) finds animals without naming them and writes a *batch-output
-JSON*: ``images[]`` with a ``file`` each and ``detections[]`` of ``category`` ("1" = animal),
-``conf`` and ``bbox`` = [x_min, y_min, width, height] normalised to 0–1 (the format is documented
-at https://lila.science/megadetector-output-format). You run the detector wherever you like and
-bring the file; nothing here downloads or runs a detector.
+which a classifier learns all too well. MegaDetector (or SpeciesNet's detector-only mode) writes a
+*batch-output JSON* (https://lila.science/megadetector-output-format): ``images[]`` with a ``file``
+and ``detections[]`` of ``category`` ("1" = animal), ``conf`` and ``bbox`` = [x_min, y_min,
+width, height] as shares 0–1. You run the detector and bring the file; nothing here downloads one.
 
-:func:`read_detections` reads and validates it (errors name the image and the field) and matches
-its file names to the images of a features frame. :func:`best_animal_boxes` keeps the most
-confident animal box above a threshold, and :func:`write_crops` crops it out, padded by 10 %,
-into small cached JPEG files; an image where nothing passes stays whole. The frame it returns
-is a features frame like any other, so ``compute_embeddings`` (and ``ImagesDataset``, and
-``predict``) run on the crops unchanged, and their embeddings are cached like the others.
-An image that stays whole has the embedding it already had: embed only the cropped rows and
-put them in place with :func:`with_crops`.
+:func:`read_detections` validates it and matches it to a features frame, :func:`best_animal_boxes`
+keeps each image's most confident animal box, and :func:`write_crops` writes padded, cached crops
+as a features frame like any other; an image without a box stays whole, and keeps its embedding
+(:func:`embed_crops`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
@@ -38,22 +31,12 @@ from conserviz_utils.course.embeddings import Embeddings, compute_embeddings
 from conserviz_utils.course.provenance import FileDigests, digest_cache_dir
 from conserviz_utils.data import path_column
 from conserviz_utils.errors import DataValidationError
-from conserviz_utils.files.fileio import atomic_write_bytes
+from conserviz_utils.files.fileio import atomic_writer
 from conserviz_utils.files.images import open_image
 
 __all__ = [
-    "BOX_COLUMNS",
-    "DETECTIONS_FILE",
-    "SOURCES",
-    "Detections",
-    "best_animal_boxes",
-    "crop_box",
-    "embed_crops",
-    "match_detections",
-    "no_detections",
-    "read_detections",
-    "with_crops",
-    "write_crops",
+    "BOX_COLUMNS", "DETECTIONS_FILE", "SOURCES", "Detections", "best_animal_boxes", "crop_box", "embed_crops",
+    "match_detections", "no_detections", "read_detections", "with_crops", "write_crops",
 ]
 
 #: Where the sample generator (and a user, by convention) puts the detector's output.
@@ -83,17 +66,10 @@ _CROP_FORMAT = 2
 class Detections:
     """A validated MegaDetector batch-output file, optionally matched to a features frame.
 
-    Attributes:
-        path: The JSON file (None when built in memory).
-        format_version: The file's ``info.format_version``.
-        categories: Detection category id → name (e.g. "1" → "animal").
-        boxes: One row per detection: ``file``, ``category``, ``conf`` and the `BOX_COLUMNS`;
-            with ``id`` once matched.
-        files: Every image the file lists, in its order (processed or failed).
-        failures: File → the detector's failure message, for images it could not process.
-        file_ids: File → image id, for the files that matched the features (once matched).
-        missing_ids: Ids of the features the file does not list (kept whole).
-        unmatched_files: Files that match no image of the features (ignored).
+    ``boxes`` has one row per detection (``file``, ``category``, ``conf``, the `BOX_COLUMNS`, and
+    ``id`` once matched); ``files`` every image listed, in order; ``failures`` file → the detector's
+    message. Once matched: ``file_ids`` file → id, ``missing_ids`` the features' ids the file does
+    not list (kept whole), ``unmatched_files`` files of no image of the features (ignored).
     """
 
     path: Path | None
@@ -138,20 +114,11 @@ def _number(value) -> bool:
 
 
 def read_detections(path: str | os.PathLike, features: pd.DataFrame | None = None) -> Detections:
-    """Read and validate a MegaDetector batch-output JSON; match it to ``features`` if given.
-
-    Args:
-        path: The JSON file (``detections.json`` in the data folder, by convention).
-        features: A features frame (``filepath`` column, as ``load_competition`` gives): its
-            images are matched to the file's entries (see :func:`match_detections`).
-
-    Returns:
-        The :class:`Detections`.
+    """Read and validate a MegaDetector batch-output JSON; match it to ``features`` if given (`match_detections`).
 
     Raises:
-        DataValidationError: the file is missing or not JSON, its version or layout is not the
-            format's, a box is out of range, an image is listed twice, or (with ``features``)
-            none of its files is an image of the features; naming the image and the field.
+        DataValidationError: naming the image and the field, when the file is missing or not
+            JSON, not the format's version or layout, has a box out of range or an image twice.
     """
     path = Path(path)
     if not path.is_file():
@@ -188,7 +155,9 @@ def _parse(document, path: Path) -> Detections:
     info = document.get("info")
     version = info.get("format_version") if isinstance(info, Mapping) else None
     if version is None:
-        raise _fail("no info.format_version: not a MegaDetector batch-output file", path, field_name="info.format_version")
+        raise _fail(
+            "no info.format_version: not a MegaDetector batch-output file", path, field_name="info.format_version"
+        )
     version = str(version)
     if version.split(".")[0] != "1":
         raise _fail(
@@ -240,53 +209,52 @@ def _parse(document, path: Path) -> Detections:
             )
         for j, detection in enumerate(found):
             rows.append((file, *_parse_detection(detection, f"{where}.detections[{j}]", file, path)))
-    boxes = pd.DataFrame(rows, columns=["file", "category", "conf", *BOX_COLUMNS])
-    boxes = boxes.astype({"conf": "float64", **{column: "float64" for column in BOX_COLUMNS}})
     return Detections(
         path=path,
         format_version=version,
         categories=categories,
-        boxes=boxes,
+        boxes=_boxes(rows),
         files=pd.Index(files, name="file"),
         failures=pd.Series(failures, dtype=object, name="failure").rename_axis("file"),
     )
 
 
+def _boxes(rows, *extra_columns: str) -> pd.DataFrame:
+    """The detections' table: ``file``, ``category``, then ``conf`` and the `BOX_COLUMNS` as floats."""
+    boxes = pd.DataFrame(rows, columns=["file", "category", "conf", *BOX_COLUMNS, *extra_columns])
+    return boxes.astype(dict.fromkeys(["conf", *BOX_COLUMNS], "float64"))
+
+
 def _parse_detection(detection, where: str, file: str, path: Path) -> tuple:
     """(category, conf, x_min, y_min, width, height) of one detection, validated."""
+
+    def fail(problem: str, part: str = "", **options) -> DataValidationError:
+        return _fail(problem, path, field_name=where + part, file=file, **options)
+
     if not isinstance(detection, Mapping):
-        raise _fail(f"{where} is not an object", path, field_name=where, file=file)
+        raise fail(f"{where} is not an object")
     category = detection.get("category")
     if isinstance(category, bool) or not isinstance(category, str | int):
-        raise _fail(f"{where} has no category id", path, field_name=f"{where}.category", file=file)
+        raise fail(f"{where} has no category id", ".category")
     conf = detection.get("conf")
     if not _number(conf) or not 0 <= conf <= 1:
-        raise _fail(f"{where}.conf must be a number from 0 to 1, got {conf!r}", path, field_name=f"{where}.conf", file=file)
+        raise fail(f"{where}.conf must be a number from 0 to 1, got {conf!r}", ".conf")
     bbox = detection.get("bbox")
     if not isinstance(bbox, list) or len(bbox) != 4 or not all(_number(v) for v in bbox):
-        raise _fail(
-            f"{where}.bbox must be 4 numbers [x_min, y_min, width, height], got {bbox!r}",
-            path,
-            field_name=f"{where}.bbox",
-            file=file,
-        )
+        raise fail(f"{where}.bbox must be 4 numbers [x_min, y_min, width, height], got {bbox!r}", ".bbox")
     x_min, y_min, width, height = (float(v) for v in bbox)
     if min(x_min, y_min) < 0 or width <= 0 or height <= 0:
-        raise _fail(
+        raise fail(
             f"{where}.bbox {bbox} has a negative corner or a size that is not positive",
-            path,
-            field_name=f"{where}.bbox",
-            file=file,
+            ".bbox",
             fix="boxes are [x_min, y_min, width, height] as shares 0–1 of the image; check the tool "
             "that wrote the file",
         )
     if x_min + width > 1 + _BOX_SLACK or y_min + height > 1 + _BOX_SLACK:
-        raise _fail(
+        raise fail(
             f"{where}.bbox {bbox} reaches past the image (x_min + width or y_min + height above 1): "
             "boxes must be normalised to 0–1",
-            path,
-            field_name=f"{where}.bbox",
-            file=file,
+            ".bbox",
             fix="divide pixel boxes by the image's width and height (MegaDetector writes shares 0–1)",
         )
     return str(category), float(conf), x_min, y_min, width, height
@@ -301,21 +269,14 @@ def _normalised(name: str) -> str:
 
 
 def match_detections(detections: Detections, features: pd.DataFrame) -> Detections:
-    """Match the file names of ``detections`` to the image ids of ``features``.
+    """The detections with the image ids of ``features`` matched to their file names.
 
-    A file matches an image when it is the image's ``filepath`` (the CSV's, e.g.
-    ``train_features/ZJ000000.jpg``), when it ends with it (the detector ran on the data
-    folder's parent, or with absolute paths), or when its base name is the image's and base
-    names are unique (the detector ran on the image folder itself). Backslashes count as '/'.
-
-    Returns:
-        The detections with ``id`` on their boxes, ``file_ids``, the ids the file does not
-        list (``missing_ids``: they are kept whole) and the files matching no image
-        (``unmatched_files``: ignored, e.g. the test images when matching the train features).
+    A file matches an image when it is the image's ``filepath`` (``train_features/ZJ000000.jpg``),
+    ends with it (the detector ran on a parent folder, or with absolute paths), or has its base
+    name where base names are unique (the detector ran on the image folder); backslashes count as '/'.
 
     Raises:
-        DataValidationError: no file matches any image (showing the first few of each), or two
-            entries name the same image.
+        DataValidationError: no file matches any image, or two entries name the same image.
     """
     column = path_column(features, ("filepath", "path"))
     expected = pd.Series(features.index, index=[_normalised(str(p)) for p in features[column]])
@@ -365,18 +326,12 @@ def match_detections(detections: Detections, features: pd.DataFrame) -> Detectio
 
 
 def no_detections(features: pd.DataFrame) -> Detections:
-    """Detections that list no image: every image of ``features`` stays whole.
-
-    For data without a detector's output yet (the real competition data, until you run
-    MegaDetector on it): the crop steps then run and change nothing.
-    """
+    """Detections that list no image, for data without a detector's output yet: every image stays whole."""
     return Detections(
         path=None,
         format_version="1.4",
         categories=dict(_DEFAULT_CATEGORIES),
-        boxes=pd.DataFrame(columns=["file", "category", "conf", *BOX_COLUMNS, "id"]).astype(
-            {"conf": "float64", **{column: "float64" for column in BOX_COLUMNS}}
-        ),
+        boxes=_boxes(None, "id"),
         files=pd.Index([], name="file", dtype=object),
         failures=pd.Series(dtype=object, name="failure").rename_axis("file"),
         file_ids=pd.Series(dtype=object, name="id").rename_axis("file"),
@@ -399,16 +354,9 @@ def _match_one(name: str, by_path: dict, by_name: dict):
 def best_animal_boxes(detections: Detections, threshold: float = 0.2, animal_names=ANIMAL_NAMES) -> pd.DataFrame:
     """The most confident animal box of each image, if its confidence reaches ``threshold``.
 
-    Args:
-        detections: From :func:`read_detections` (matched to features, or not).
-        threshold: Lowest confidence kept, in [0, 1]. MegaDetector's own suggestion is about
-            0.2; the 11th-place solution used 0.05 and 0.1 (more animals, more false boxes).
-        animal_names: The ``detection_categories`` names to crop; others (a person) stay whole.
-
-    Returns:
-        One row per image — every id of the matched features (index ``id``), or every file
-        listed (index ``file``) — with ``conf`` and the `BOX_COLUMNS` (NaN without a box) and
-        ``source``, one of :data:`SOURCES`: why the image has a box or stays whole.
+    MegaDetector suggests ``threshold`` 0.2; the 11th-place solution used 0.05 and 0.1 (more
+    animals, more false boxes). Returns one row per matched id (or per file listed): ``conf``, the
+    `BOX_COLUMNS` (NaN without a box) and ``source``, one of :data:`SOURCES`.
     """
     if not _number(threshold) or not 0 <= threshold <= 1:
         raise ValueError(f"threshold must be a number from 0 to 1, got {threshold!r}")
@@ -434,17 +382,7 @@ def best_animal_boxes(detections: Detections, threshold: float = 0.2, animal_nam
 
 
 def crop_box(image: Image.Image, box, padding: float = 0.1) -> Image.Image:
-    """Crop ``image`` to a normalised box grown by ``padding`` of its size on every side.
-
-    Args:
-        image: The whole image (upright, as ``open_image`` returns it).
-        box: (x_min, y_min, width, height) as shares 0–1 of the image's width and height.
-        padding: Share of the box's width (height) added left and right (top and bottom): 0.1
-            keeps a little context around the animal. The crop stops at the image's edges.
-
-    Returns:
-        The crop, at least 1×1 pixel.
-    """
+    """Crop ``image`` to a box of shares 0–1 grown by ``padding`` of its size on every side, within the image."""
     x_min, y_min, width, height = (float(v) for v in box)
     image_width, image_height = image.size
     left = max(0.0, x_min - padding * width) * image_width
@@ -468,25 +406,11 @@ def write_crops(
     quality: int = 95,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Crop every image with a box to it, as a JPEG in ``out_dir``; the others stay whole.
+    """``features`` with ``path`` at a JPEG crop in ``out_dir`` for each image with a box, ``cropped`` and ``source``.
 
-    Each crop's file name carries a hash of its source's content (the data fingerprint's rule,
-    ``provenance.FileDigests``), its box and the padding, so a crop is written once and reused,
-    its embeddings from the cache too. A changed image (even of the same size, its modification
-    time set back) or box gets a new file.
-
-    Args:
-        features: A features frame with a ``path`` column (``load_competition`` gives one).
-        boxes: From :func:`best_animal_boxes` (matched to these features), indexed by id.
-        out_dir: The crops' folder (e.g. ``outputs/crops``); safe to delete.
-        padding: Passed to :func:`crop_box`.
-        quality: JPEG quality of the crops.
-        progress: Show a progress bar over the crops written.
-
-    Returns:
-        ``features`` with ``path`` pointing at the crop for images with a box, a ``cropped``
-        column (bool) and a ``source`` column (from ``boxes``; "not in the detections" for ids
-        ``boxes`` lacks).
+    A crop's name hashes its source's content (``provenance.FileDigests``), box and padding, so
+    it is written once and reused, its embeddings too; a changed image or box gets a new file.
+    ``boxes`` come from :func:`best_animal_boxes`, matched to these features.
     """
     if "path" not in features.columns:
         raise DataValidationError(
@@ -515,9 +439,8 @@ def write_crops(
         target = out_dir / f"{features.index[row]}-{_crop_digest(content, box, padding)}.jpg"
         if not target.is_file():
             crop = crop_box(open_image(Path(paths[row])), box, padding)
-            buffer = io.BytesIO()
-            crop.save(buffer, "JPEG", quality=quality)
-            atomic_write_bytes(target, buffer.getvalue(), what="crop")
+            with atomic_writer(target, "wb", what="crop") as handle:
+                crop.save(handle, "JPEG", quality=quality)
         paths[row] = str(target)
     cropped = features.copy()
     cropped["path"] = paths
@@ -545,14 +468,7 @@ def _crop_digest(content: str, box: np.ndarray, padding: float) -> str:
 
 
 def with_crops(whole: Embeddings, crops: Embeddings) -> Embeddings:
-    """The whole images' embeddings with the rows of the cropped images replaced by the crops'.
-
-    Images without a box are embedded exactly as before, so only the crops need computing:
-    ``with_crops(embeddings, compute_embeddings(model, crops[crops["cropped"]]))``.
-
-    Returns:
-        In-memory :class:`Embeddings` in the order of ``whole``.
-    """
+    """In-memory embeddings in the order of ``whole``, the rows of the cropped images replaced by ``crops``'."""
     positions = whole.ids.get_indexer(crops.ids)
     unknown = crops.ids[positions < 0]
     if len(unknown):
@@ -572,17 +488,9 @@ def with_crops(whole: Embeddings, crops: Embeddings) -> Embeddings:
 
 
 def embed_crops(model, crops: pd.DataFrame, whole: Embeddings, **options) -> Embeddings:
-    """Embeddings of a crops frame: computed for the cropped images, reused for the whole ones.
+    """Embeddings of a `write_crops` frame in the order of ``whole``: computed for the crops, reused for the rest.
 
-    Args:
-        model: The model whose backbone embedded ``whole``.
-        crops: From :func:`write_crops`, for the images of ``whole`` (e.g. the train images).
-        whole: The whole images' embeddings.
-        options: Passed to ``compute_embeddings`` (``cache_dir``, ``transform``, ...); use the
-            ones ``whole`` was computed with.
-
-    Returns:
-        :class:`Embeddings` in the order of ``whole``.
+    ``model`` and ``options`` (passed to ``compute_embeddings``) must be those ``whole`` was computed with.
     """
     cropped = crops[crops["cropped"].to_numpy(dtype=bool)]
     if cropped.empty:

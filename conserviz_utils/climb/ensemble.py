@@ -1,20 +1,14 @@
 """Blend the heads of a cross-validation: arithmetic, geometric and loss-weighted geometric means.
 
-A site-grouped cross-validation (:mod:`conserviz_utils.climb.cv`) leaves every train image with
-out-of-fold (OOF) predictions of heads that never saw its site, and every test image with the
-predictions of every head. :class:`FoldPredictions` holds both. With several heads per fold (the
-"members"), the OOF predictions can be blended exactly as the test predictions will be, so each
-blend is scored on images no member was trained on, and the one that wins on OOF goes into the
-submission. Blends, as the public top solutions of Conser-vision used them:
-
-- ``"arithmetic"``: the mean of the members' probabilities;
-- ``"geometric"``: the normalised geometric mean (the mean of log-probabilities), which lets a
-  confident member veto a class;
-- ``"weighted geometric"``: the geometric mean weighted by (1 / validation log loss)², members
-  whose validation log loss is above a cutoff dropped (12th place: cutoff 0.95 on real data).
-
-Calibration comes last: one temperature fitted on the OOF log-probabilities of the blend
-(:func:`calibrate_out_of_fold`), cross-fitted so that its own OOF score stays honest.
+A site-grouped cross-validation (:mod:`conserviz_utils.climb.cv`) gives every train image
+out-of-fold (OOF) predictions of heads that never saw its site, and every test image those of
+every head: :class:`FoldPredictions`. With several heads ("members") per fold, the OOF predictions
+are blended exactly as the test predictions will be, so the blend that wins on OOF goes into the
+submission. The blends of Conser-vision's public top solutions: ``"arithmetic"`` (mean of the
+probabilities), ``"geometric"`` (normalised mean of log-probabilities: a confident member can veto
+a class) and ``"weighted geometric"`` (weights (1 / validation log loss)², members above a cutoff
+dropped; 12th place: 0.95 on real data). Calibration comes last: one temperature, cross-fitted
+on the OOF log-probabilities of the blend (:func:`calibrate_out_of_fold`).
 """
 
 from __future__ import annotations
@@ -27,25 +21,11 @@ import numpy as np
 import pandas as pd
 
 from conserviz_utils.errors import DataValidationError
-from conserviz_utils.metrics import (
-    EPS,
-    accuracy,
-    apply_temperature,
-    fit_temperature,
-    log_loss,
-)
+from conserviz_utils.metrics import EPS, accuracy, apply_temperature, fit_temperature, log_loss
 
 __all__ = [
-    "BLENDS",
-    "Calibration",
-    "FoldPredictions",
-    "blend_members",
-    "calibrate_out_of_fold",
-    "compare_blends",
-    "member_weights",
-    "out_of_fold_scores",
-    "probabilities_to_logits",
-    "score_table",
+    "BLENDS", "Calibration", "FoldPredictions", "blend_members", "calibrate_out_of_fold", "compare_blends",
+    "member_weights", "out_of_fold_scores", "probabilities_to_logits", "score_table",
 ]
 
 #: The blends :func:`blend_members` knows, in the order :func:`compare_blends` lists them.
@@ -58,16 +38,10 @@ def member_weights(
     """Weights (1 / validation log loss) ** power, zero for dropped members, summing to 1.
 
     Args:
-        val_losses: Each member's validation log loss (on images it was not trained on).
-        power: The exponent; 2 as in the 12th-place solution.
-        cutoff: Drop members whose validation log loss is above this; None keeps all. An
-            absolute cutoff suits one scale of losses (0.95 for real-data members near 0.8).
-        max_ratio: Drop members whose validation log loss is above ``max_ratio`` times the
-            best member's: a cutoff that follows the scale (0.95 / 0.8 ≈ 1.2). The best
-            member always stays.
-
-    Returns:
-        A float64 array of weights, one per member.
+        cutoff: Drop members whose validation log loss is above this (0.95 suits real-data
+            members near 0.8); None keeps all.
+        max_ratio: Drop members above ``max_ratio`` times the best member's loss: a cutoff that
+            follows the scale (0.95 / 0.8 ≈ 1.2). The best member always stays.
 
     Raises:
         DataValidationError: a loss is not a positive number, or the cutoff drops every member.
@@ -102,19 +76,10 @@ def blend_members(
     cutoff: float | None = None,
     max_ratio: float | None = None,
 ) -> np.ndarray:
-    """Blend the members' probabilities of each image into one row of probabilities.
+    """(images, members, classes) probabilities blended by ``method`` into (images, classes) rows summing to 1.
 
-    Args:
-        member_probs: (images, members, classes) probabilities.
-        method: One of :data:`BLENDS`.
-        val_losses: Each member's validation log loss; needed by ``"weighted geometric"``.
-        power: The weights' exponent for ``"weighted geometric"``.
-        cutoff: Members above this validation log loss are dropped by ``"weighted geometric"``.
-        max_ratio: Members above this multiple of the best validation log loss are dropped
-            by ``"weighted geometric"`` (see `member_weights`).
-
-    Returns:
-        (images, classes) probabilities, rows summing to 1.
+    ``"weighted geometric"`` needs ``val_losses`` and passes ``power``, ``cutoff`` and ``max_ratio``
+    to `member_weights`.
     """
     probs = np.asarray(member_probs, dtype=np.float64)
     if probs.ndim != 3 or probs.shape[1] == 0:
@@ -158,19 +123,10 @@ def probabilities_to_logits(probs: pd.DataFrame) -> pd.DataFrame:
 class FoldPredictions:
     """Every head's predictions of a cross-validation: out of fold for train, all for test.
 
-    Member ``j`` of fold ``k`` is the ``j``-th head trained without fold ``k``; it predicts fold
-    ``k``'s images (out of fold) and every test image.
-
-    Attributes:
-        ids: The train image ids, in row order.
-        folds: The fold of each train image (int array, one per id).
-        oof: (train images, members, classes) probabilities: row i by the members of its fold.
-        val_loss: (folds, members) each head's validation log loss, on held-out training sites
-            of its fold (never its out-of-fold images).
-        species: The classes, in column order.
-        test_ids: The test ids, or None.
-        test: (test images, folds, members, classes) probabilities, or None.
-        names: One name per member (e.g. "whole 0", "crops 1").
+    Member ``j`` of fold ``k`` is the ``j``-th head trained without fold ``k``. ``oof`` is
+    (train images, members, classes), row i by the members of its fold; ``val_loss`` (folds,
+    members) each head's log loss on held-out training sites of its fold; ``test`` (test images,
+    folds, members, classes) or None; ``names`` one per member (e.g. "whole 0", "crops 1").
     """
 
     ids: pd.Index
@@ -268,16 +224,10 @@ class FoldPredictions:
 
 
 def out_of_fold_scores(labels, probs: pd.DataFrame, folds) -> dict:
-    """The OOF log loss and accuracy, with the log loss of each fold and its spread.
+    """``{"log_loss", "accuracy", "fold_mean", "fold_std", "per_fold"}`` of OOF ``probs`` (indexed by id).
 
-    Args:
-        labels: The train labels (one-hot frame or species names), matched to ``probs`` by id.
-        probs: OOF probabilities indexed by id.
-        folds: The fold of each image: a Series indexed by id, or an array in ``probs``' order.
-
-    Returns:
-        ``{"log_loss", "accuracy", "fold_mean", "fold_std", "per_fold"}``; ``per_fold`` is a
-        Series fold → log loss, ``fold_std`` the standard deviation across folds (ddof=1).
+    ``folds`` is a Series by id or an array in ``probs``' order; ``per_fold`` a Series fold → log
+    loss, ``fold_std`` its standard deviation (ddof=1).
     """
     fold_of = folds.reindex(probs.index).to_numpy() if isinstance(folds, pd.Series) else np.asarray(folds)
     labels = labels.loc[probs.index]
@@ -295,17 +245,10 @@ def out_of_fold_scores(labels, probs: pd.DataFrame, folds) -> dict:
 
 
 def score_table(named_probs: Mapping, labels, folds) -> pd.DataFrame:
-    """One row of OOF scores per named set of OOF probabilities (e.g. one per step of a recipe).
+    """``log_loss``, ``fold_std`` and ``accuracy`` of each named set of OOF probabilities, in the given order.
 
-    Args:
-        named_probs: Name → OOF probabilities, or name → (probabilities, their folds) for an
-            entry whose folds are not ``folds`` (a random CV next to site-grouped ones).
-        labels: The train labels.
-        folds: The fold of each image (Series by id, or an array in the probabilities' order).
-
-    Returns:
-        Columns ``log_loss``, ``fold_std`` (spread of the per-fold log losses) and
-        ``accuracy``, one row per name in the given order.
+    ``named_probs`` maps a name to OOF probabilities, or to (probabilities, their folds) for an
+    entry whose folds are not ``folds`` (a random CV next to site-grouped ones).
     """
     rows = []
     for value in named_probs.values():
@@ -322,19 +265,10 @@ def compare_blends(
     blends: Sequence[str] = BLENDS,
     **options,
 ) -> pd.DataFrame:
-    """Score every blend of every candidate on the OOF images, best first.
+    """`score_table` of every blend (of every candidate, for a dict name → FoldPredictions), best first.
 
-    Args:
-        candidates: One :class:`FoldPredictions`, or a dict name → FoldPredictions (e.g.
-            whole images, with TTA, with crops).
-        labels: The train labels.
-        blends: The blends to try (default all of :data:`BLENDS`).
-        options: ``power``, ``cutoff``, ``max_ratio`` for the weighted blend.
-
-    Returns:
-        One row per blend (index ``blend``), or per (candidate, blend) for a dict: ``log_loss``,
-        ``fold_std`` and ``accuracy``, sorted by log loss (ties keep the given order). The
-        first row is the winner.
+    The index is ``blend``, or (candidate, blend) for a dict; ties keep the given order.
+    ``options`` (``power``, ``cutoff``, ``max_ratio``) go to the weighted blend.
     """
     named = candidates if isinstance(candidates, Mapping) else {None: candidates}
     probs = {
@@ -353,13 +287,10 @@ def compare_blends(
 
 @dataclass(frozen=True)
 class Calibration:
-    """One temperature for the test set, and OOF probabilities calibrated without peeking.
+    """One temperature for the test set (fitted on every OOF image), and OOF probabilities calibrated without peeking.
 
-    Attributes:
-        temperature: Fitted on every OOF image: the one to apply to the test predictions.
-        fold_temperatures: Fold k's temperature, fitted on the other folds' OOF images only.
-        oof_probs: OOF probabilities, each fold calibrated with its own fold temperature, so
-            their log loss is an honest estimate of the calibrated score.
+    Fold k's ``oof_probs`` are calibrated with ``fold_temperatures[k]``, fitted on the other
+    folds only, so their log loss is an honest estimate of the calibrated score.
     """
 
     temperature: float
@@ -372,17 +303,10 @@ class Calibration:
 
 
 def calibrate_out_of_fold(labels, probs: pd.DataFrame, folds) -> Calibration:
-    """Fit one temperature on OOF predictions, cross-fitted by fold for an honest OOF score.
+    """Fit one temperature on OOF ``probs`` (a head or a blend), cross-fitted by fold for an honest OOF score.
 
-    The temperature is fitted on the log-probabilities (logits up to a per-row constant, see
-    :func:`probabilities_to_logits`), so it works for blends too. Scoring the calibrated OOF
-    predictions with a temperature fitted on those same images would flatter them a little;
-    here fold k is calibrated with a temperature fitted on the other folds.
-
-    Args:
-        labels: The train labels, matched to ``probs`` by id.
-        probs: OOF probabilities indexed by id (a single head or a blend).
-        folds: The fold of each image: a Series indexed by id, or an array in ``probs``' order.
+    Fitted on log-probabilities (logits up to a per-row constant, :func:`probabilities_to_logits`);
+    a temperature fitted on the very images it calibrates would flatter them a little.
     """
     fold_of = folds.reindex(probs.index).to_numpy() if isinstance(folds, pd.Series) else np.asarray(folds)
     labels = labels.loc[probs.index]

@@ -1,8 +1,7 @@
 """The figure of notebook 07's climb: each step's out-of-fold log loss against the baselines.
 
-Drawn under `conserviz_utils.palette`'s style, like every figure of the course: colour-blind-safe
-colours, and a hatch as well as a colour for the steps that are marked (the ones built on
-simulated detections), so no contrast rests on colour alone; fonts of at least 10 pt.
+Drawn in `conserviz_utils.palette`'s style; marked steps get a hatch as well as a colour, so no
+contrast rests on colour alone.
 """
 
 from __future__ import annotations
@@ -35,24 +34,14 @@ def plot_climb(
     marked: Sequence[str] = (),
     marked_label: str = "uses simulated detections",
 ) -> Figure:
-    """Each step's log loss as a horizontal bar, with its fold spread and the baselines as lines.
+    """Each step's log loss as a horizontal bar, top to bottom, with its fold spread and the baselines as lines.
 
     Args:
-        scores: One row per step, in climbing order, indexed by the step's name, with a
-            ``log_loss`` column and optionally ``fold_std`` (drawn as an error bar), as
-            ``climb.ensemble.score_table`` returns them.
-        baselines: Name → log loss of a reference that ignores the images (e.g. the uniform
-            guess, ln 8, and the training shares), each drawn as a vertical line.
-        marked: Names of steps to hatch and colour apart (e.g. those built on simulated
-            detections); ``marked_label`` says why in the legend.
-        marked_label: The legend's words for the marked steps.
-
-    Returns:
-        The Figure (one Axes): steps top to bottom, log loss along x (lower is better).
-
-    Raises:
-        DataValidationError: no steps, no ``log_loss`` column, a loss or baseline that is not
-            a finite number, or a marked name that is not a step.
+        scores: One row per step in climbing order, as ``climb.ensemble.score_table`` returns
+            them (``fold_std``, if there, drawn as an error bar).
+        baselines: Name → log loss of a reference that ignores the images (e.g. the uniform guess).
+        marked: Steps to hatch and colour apart (e.g. those built on simulated detections);
+            ``marked_label`` says why in the legend.
     """
     if not isinstance(scores, pd.DataFrame) or "log_loss" not in scores.columns or scores.empty:
         raise DataValidationError(

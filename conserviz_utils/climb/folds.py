@@ -7,20 +7,17 @@ its site (:mod:`conserviz_utils.climb.cv`).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
 from conserviz_utils.errors import DataValidationError
+from conserviz_utils.site_search import group_counts, improve
 from conserviz_utils.split import species_and_sites
 
 #: Each site fold holds N/k images ± this share of N/k, where whole sites allow (`site_folds`).
 FOLD_SIZE_TOLERANCE = 0.10
-
-# Scoring every pair of sites for a swap costs seconds past this many pairs; single-site moves
-# alone then balance the many small sites well enough.
-_MAX_SWAP_PAIRS = 50_000
-# A step must lower the score by more than float rounding, or the search could cycle.
-_IMPROVEMENT = 1e-12
 
 
 def site_folds(
@@ -46,8 +43,6 @@ def site_folds(
     and a ``UserWarning`` report it.
 
     Args:
-        features: frame indexed by id with a ``site`` column (``train_features.csv``).
-        labels: one-hot label frame or Series id → species name, with the same ids.
         n_folds: number of folds, at least 2 and at most the number of sites.
         seed: seeds the shuffle of the start; the search itself is deterministic.
 
@@ -56,12 +51,7 @@ def site_folds(
         eval images are ``folds.index[folds == k]``. ``attrs`` holds ``imbalance`` (the worst
         species-share deviation), ``start_imbalance`` (``StratifiedGroupKFold``'s) and
         ``single_site_species`` (species → its one site).
-
-    Raises:
-        DataValidationError: fewer sites than folds, or features and labels that do not match.
     """
-    import warnings
-
     from sklearn.model_selection import StratifiedGroupKFold
 
     if isinstance(n_folds, bool) or not isinstance(n_folds, int | np.integer) or n_folds < 2:
@@ -79,22 +69,23 @@ def site_folds(
             fix=f"pass n_folds={max(2, len(counts_frame))} or fewer, or use more sites",
         )
     counts = counts_frame.to_numpy(dtype=np.int64)
-    # The start: StratifiedGroupKFold on one row per image. It warns when a species has fewer
-    # images than folds; single-site species are reported below instead.
+    # StratifiedGroupKFold warns when a species has fewer images than folds; single-site species
+    # are reported below instead.
     site_number = pd.Index(counts_frame.index).get_indexer(sites)
+    fold_of_site = np.zeros(len(counts), dtype=np.int64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        fold_of_site = np.zeros(len(counts), dtype=np.int64)
         for fold, (_, rows) in enumerate(splitter.split(species, species.to_numpy(), site_number)):
             fold_of_site[np.unique(site_number[rows])] = fold
-    fold_of_site, start_imbalance, imbalance = _balance_folds(counts, fold_of_site, n_folds)
+    key = _fold_key(counts, n_folds)
+    start_imbalance = float(key(group_counts(counts, fold_of_site, n_folds))[1])
+    fold_of_site = improve(counts, fold_of_site, n_folds, key)
 
-    sites_per_species = (counts > 0).sum(axis=0)
     single_site = {
         str(name): str(counts_frame.index[np.flatnonzero(counts[:, j])[0]])
         for j, name in enumerate(counts_frame.columns)
-        if sites_per_species[j] == 1
+        if (counts[:, j] > 0).sum() == 1
     }
     if single_site:
         warnings.warn(
@@ -108,67 +99,25 @@ def site_folds(
         fold_of_site[site_number], index=species.index.rename("id"), name="fold", dtype=np.int64
     )
     folds.attrs.update(
-        imbalance=imbalance, start_imbalance=start_imbalance, single_site_species=single_site
+        imbalance=float(key(group_counts(counts, fold_of_site, n_folds))[1]),
+        start_imbalance=start_imbalance,
+        single_site_species=single_site,
     )
     return folds
 
 
-def _balance_folds(counts: np.ndarray, fold_of_site: np.ndarray, n_folds: int):
-    """`site_folds`' search: the fold of each site, and the worst deviation before and after."""
+def _fold_key(counts: np.ndarray, n_folds: int):
+    """`site_folds`' key of per-fold counts: size excess over the tolerance, worst deviation, spread."""
     target, overall = counts.sum() / n_folds, counts.sum(axis=0) / counts.sum()
-    folds = np.arange(n_folds)
-    # others[a, b, f]: a move or swap between folds a and b leaves fold f alone.
-    others = (folds != folds[:, None, None]) & (folds != folds[None, :, None])
 
-    def fold_stats(fold_counts: np.ndarray) -> np.ndarray:
-        """Size excess over the tolerance, worst deviation and spread (last axis species)."""
-        sizes = fold_counts.sum(axis=-1)
+    def key(per_fold: np.ndarray) -> tuple[np.ndarray, ...]:
+        sizes = per_fold.sum(axis=-1)
         excess = np.maximum(np.abs(sizes - target) - FOLD_SIZE_TOLERANCE * target, 0) / target
-        deviation = np.abs(fold_counts / np.maximum(sizes, 1)[..., None] - overall)
+        deviation = np.abs(per_fold / np.maximum(sizes, 1)[..., None] - overall)
         spread = (deviation**2).sum(axis=-1) + ((sizes - target) / target) ** 2
-        return np.stack([excess, deviation.max(axis=-1), spread])
+        return excess.sum(axis=-1), deviation.max(axis=(-2, -1)), spread.sum(axis=-1)
 
-    def best_step(fold_a, fold_b, new_a, new_b) -> tuple[int, tuple]:
-        """The best candidate that turns folds a and b into new_a and new_b, and its key."""
-        a, b = fold_stats(new_a), fold_stats(new_b)
-        others_worst = np.where(others, stats[1], 0).max(axis=-1)[fold_a, fold_b]
-        changed = -stats[:, fold_a] - stats[:, fold_b] + a + b
-        excess = np.where(fold_a == fold_b, np.inf, key[0] + changed[0])  # same fold: no step
-        worst = np.maximum(others_worst, np.maximum(a[1], b[1]))
-        keys = np.broadcast_arrays(excess, worst, key[2] + changed[2])
-        best = int(np.lexsort([k.ravel() for k in keys[::-1]])[0])
-        return best, tuple(float(k.flat[best]) for k in keys)
-
-    start = None
-    while True:  # the best move of a site, else swap of two: the key drops each step, so it ends
-        per_fold = np.stack([counts[fold_of_site == k].sum(axis=0) for k in folds])
-        stats = fold_stats(per_fold)
-        key = (stats[0].sum(), stats[1].max(), stats[2].sum())
-        start, source = start or key, fold_of_site[:, None]
-        moved = (per_fold[fold_of_site] - counts)[:, None], per_fold + counts[:, None]
-        best, candidate = best_step(source, folds[None, :], *moved)
-        fold_of_site = fold_of_site.copy()
-        if _lower(candidate, key):
-            fold_of_site[best // n_folds] = best % n_folds
-            continue
-        if len(counts) ** 2 > _MAX_SWAP_PAIRS:
-            break
-        delta = counts[None, :, :] - counts[:, None, :]  # [a, b] = counts[b] - counts[a]
-        swapped = per_fold[source] + delta, per_fold[source.T] - delta
-        best, candidate = best_step(source, source.T, *swapped)
-        if not _lower(candidate, key):
-            break
-        a, b = divmod(best, len(counts))
-        fold_of_site[a], fold_of_site[b] = fold_of_site[b], fold_of_site[a]
-    return fold_of_site, float(start[1]), float(stats[1].max())
-
-
-def _lower(key: tuple, current: tuple) -> bool:
-    """Whether ``key`` is lexicographically lower than ``current`` by more than float noise."""
-    for new, old in zip(key, current):
-        if new != old and abs(new - old) > _IMPROVEMENT:
-            return new < old
-    return False
+    return key
 
 
 __all__ = ["FOLD_SIZE_TOLERANCE", "site_folds"]

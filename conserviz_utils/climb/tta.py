@@ -1,10 +1,8 @@
 """Test-time augmentation on the fast path: embed a few views of every image, average the heads.
 
-A head sees one embedding per image. Embedding a few harmless variations of the image as well
-(mirrored, zoomed into the centre) and averaging the head's probabilities over them smooths out
-the accidents of framing. On the fast path each view is one more cached embedding pass, so the
+Averaging a head's probabilities over harmless variations of an image (mirrored, zoomed into the
+centre) smooths out the accidents of framing. Each view is one more cached embedding pass; the
 heads are trained once and only predicted per view (``CrossValidation.predict`` takes the views).
-Whether it helps is measured on the out-of-fold images, and it is used only where it does.
 """
 
 from __future__ import annotations
@@ -34,16 +32,11 @@ ZOOM = 0.85
 
 
 def view_transforms(arch: str, views: Sequence[str] = VIEWS, zoom: float = ZOOM) -> dict[str, v2.Compose]:
-    """The transform of each view for ``arch``'s input size and normalisation.
+    """View name → transform for ``arch``'s input size and normalisation, each starting with a Resize.
 
-    ``"original"`` is exactly ``default_transform`` (so its embeddings are the cached ones of the
-    other notebooks); ``"flip"`` mirrors it (animals walk both ways); ``"zoom"`` squashes the frame
-    to 1/``zoom`` of the input size and keeps the centre, so an animal fills more of the input;
-    ``"zoom flip"`` does both. No vertical flip or rotation: camera traps stand upright.
-
-    Returns:
-        A dict view name → transform, in the order of ``views``. Each starts with a Resize, so
-        JPEGs decode straight at the size it needs.
+    ``"original"`` is exactly ``default_transform`` (its embeddings are the other notebooks' cached
+    ones); ``"flip"`` mirrors it; ``"zoom"`` resizes to 1/``zoom`` of the input size and keeps the
+    centre; ``"zoom flip"`` does both. No vertical flip or rotation: camera traps stand upright.
     """
     if not 0 < zoom <= 1:
         raise ValueError(f"zoom must be in (0, 1], got {zoom!r}")
@@ -51,16 +44,13 @@ def view_transforms(arch: str, views: Sequence[str] = VIEWS, zoom: float = ZOOM)
     base = default_transform(info.input_size, info.mean, info.std).transforms
     resize, to_tensor = base[0], list(base[1:])
     larger = round(info.input_size / zoom)
+    zoomed = [v2.Resize((larger, larger), antialias=True), v2.CenterCrop(info.input_size)]
+    flip = v2.RandomHorizontalFlip(p=1.0)
     steps = {
         "original": [resize, *to_tensor],
-        "flip": [resize, v2.RandomHorizontalFlip(p=1.0), *to_tensor],
-        "zoom": [v2.Resize((larger, larger), antialias=True), v2.CenterCrop(info.input_size), *to_tensor],
-        "zoom flip": [
-            v2.Resize((larger, larger), antialias=True),
-            v2.CenterCrop(info.input_size),
-            v2.RandomHorizontalFlip(p=1.0),
-            *to_tensor,
-        ],
+        "flip": [resize, flip, *to_tensor],
+        "zoom": [*zoomed, *to_tensor],
+        "zoom flip": [*zoomed, flip, *to_tensor],
     }
     unknown = [view for view in views if view not in steps]
     if unknown:
@@ -78,12 +68,7 @@ def embed_views(
     zoom: float = ZOOM,
     progress: bool = True,
 ) -> dict[str, Embeddings]:
-    """Embed every image of ``features`` once per view, each view cached like any embeddings.
-
-    Returns:
-        A dict view name → :class:`Embeddings`, in the order of ``views`` (what
-        ``CrossValidation.predict`` averages over).
-    """
+    """View name → :class:`Embeddings` of every image of ``features``, each view cached like any embeddings."""
     transforms = view_transforms(model.arch, views, zoom)
     return {
         view: compute_embeddings(

@@ -70,6 +70,11 @@ class CourseArtifacts:
         return self.output_dir / "features"
 
     @property
+    def images(self) -> Path:
+        """Pre-resized copies of every image the course reads, decoded once (``files.image_cache``; safe to delete)."""
+        return self.output_dir / "images"
+
+    @property
     def executed(self) -> Path:
         """The executed copies of the notebooks that ``make course`` ran."""
         return self.output_dir / "executed"

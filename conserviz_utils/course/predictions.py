@@ -44,6 +44,7 @@ from conserviz_utils.course.provenance import (
     check_matches,
     data_fingerprint,
     make_provenance,
+    read_sidecar,
     write_sidecar,
 )
 
@@ -231,8 +232,9 @@ def cached_logits(
         say: Where the one-line note goes when an existing file is replaced (None: nowhere).
 
     Returns:
-        Float64 logits indexed by id, one column per species. Logits of a loader that skipped
-        unreadable images are returned but never written (they lack rows).
+        Float64 logits indexed by id, one column per species; ``.attrs["how"]`` says how they were
+        computed (or where they were read from). Logits of a loader that skipped unreadable images
+        are returned but never written (they lack rows).
     """
     fingerprint = data_fingerprint(data, data_part)
     expected = logits_provenance(model, data, data_part, ids, species, data_fingerprint_value=fingerprint)
@@ -240,11 +242,14 @@ def cached_logits(
     if ok:
         logits = read_logits(path, ids, species)
         if logits is not None:
+            how = ((read_sidecar(path) or {}).get("extra") or {}).get("how") or "computed earlier"
+            logits.attrs["how"] = f"read from {Path(path).name} ({how})"
             return logits
         reason = f"{Path(path).name} cannot be read back"
     if Path(path).exists() and say is not None:
         say(f"{reason}; predicting again")
     logits, how = compute()
+    logits.attrs["how"] = how
     if not logits.attrs.get("skipped"):
         record = logits_provenance(
             model, data, data_part, ids, species, data_fingerprint_value=fingerprint,
@@ -279,8 +284,8 @@ def embed_and_predict(
 
 
 def prediction_loader(model, features, settings: CourseSettings):
-    """A loader over ``features``' images in ``model``'s input format, without augmentation."""
-    dataset = ImagesDataset(features, transform=embedding_transform(model.arch))
+    """A loader over ``features``' images in ``model``'s input format, read through the run's image cache."""
+    dataset = ImagesDataset(features, transform=embedding_transform(model.arch), cache_dir=settings.artifacts.images)
     return make_loader(dataset, batch_size=2 * settings.batch_size)
 
 

@@ -85,7 +85,7 @@ def train_default_recipe(
     head_state = copy.deepcopy(model.state_dict())
     tuned_history = None
     if recipe.fine_tune_epochs > 0:
-        train_loader, eval_loader = make_loaders(data, splits, recipe, model)
+        train_loader, eval_loader = make_loaders(data, splits, recipe, model, image_cache=settings.artifacts.images)
         tuned_history = fine_tune(model, train_loader, eval_loader, recipe, resume_path=settings.artifacts.resume,
                                   progress=progress)
     choice = keep_better_stage(model, head_state, head_scores["log_loss"], tuned_history)
@@ -142,7 +142,36 @@ def save_course_checkpoint(
         data, splits, recipe, pretrained, extra={"recipe": recipe.to_dict(), "stage": choice.stage}
     )
     write_sidecar(path, record)
+    if choice.eval_logits is not None:
+        keep_eval_logits(model, choice.eval_logits, data, splits, settings)
     return path
+
+
+def keep_eval_logits(model, recorded: dict, data, splits, settings: CourseSettings) -> Path | None:
+    """Write the eval logits ``fit`` computed at the kept epoch where notebook 05 reads them.
+
+    ``fine_tune`` recorded them when early stopping restored that epoch's weights, so they are
+    ``model``'s own logits: written with the same provenance ``eval_logits`` checks (these
+    weights, these images, this data), they spare 05 a pass over the eval images. Nothing is
+    written when they do not cover exactly the eval images (an unreadable image was skipped).
+    """
+    import numpy as np
+    import pandas as pd
+
+    from conserviz_utils.course.predictions import logits_provenance, write_logits
+
+    eval_ids = pd.Index(splits[1], name="id")
+    logits = pd.DataFrame(np.asarray(recorded["values"], dtype=np.float64), columns=recorded["columns"],
+                          index=pd.Index(recorded["ids"], name="id"))
+    wanted = [str(i) for i in eval_ids]
+    if logits.index.has_duplicates or sorted(logits.index) != sorted(wanted) or list(logits.columns) != list(data.species):
+        return None
+    logits = logits.loc[wanted]
+    logits.index = eval_ids
+    how = f"fit's evaluation at the kept epoch, in {recorded.get('precision') or 'fp32'}"
+    record = logits_provenance(model, data, "train", eval_ids, list(data.species),
+                               extra={"how": how, "checkpoint": str(settings.artifacts.checkpoint)})
+    return write_logits(settings.artifacts.eval_logits, logits, record)
 
 
 def _checkpoint_is_current(path: Path, expected: dict, recipe: Recipe | None) -> tuple[bool, str]:

@@ -17,17 +17,12 @@ if TYPE_CHECKING:
     from conserviz_utils.course.settings import CourseSettings
 
 __all__ = [
-    "EVAL_SHARE",
-    "ensure_splits",
-    "load_course_data",
-    "note",
-    "save_course_splits",
-    "split_fingerprint",
-    "splits_provenance",
+    "EVAL_SHARE", "ensure_splits", "load_course_data", "note", "save_course_splits", "split_fingerprint"
 ]
 
 #: Share of the training sites notebook 02 keeps for evaluation.
 EVAL_SHARE = 0.25
+
 
 def note(message: str, verbose: bool = True) -> None:
     """Say in one line what an ``ensure_*`` step does about a stale artifact (stdout, not a warning)."""
@@ -36,58 +31,50 @@ def note(message: str, verbose: bool = True) -> None:
 
 
 def load_course_data(settings: CourseSettings, verbose: bool = True):
-    """Find and load the data of this run: the real competition data, or the synthetic sample.
+    """Load this run's data (the real competition's, or the synthetic sample).
 
-    Leftovers of killed runs in the output folder (partial caches, temporary files) are removed
-    first, so they neither fill the disk nor pass for artifacts.
+    Leftovers of killed runs in the output folder are removed first, so they neither fill the
+    disk nor pass for artifacts.
     """
+    from conserviz_utils.course.embedding_cache import remove_stale_partials
     from conserviz_utils.data import load_competition
     from conserviz_utils.files.competition import resolve_data_dir
-    from conserviz_utils.course.embedding_cache import remove_stale_partials
 
     remove_stale_partials(settings.output_dir, recursive=True)
-    root = settings.data_dir or resolve_data_dir(quick=settings.quick, verbose=verbose)
-    return load_competition(root)
+    return load_competition(settings.data_dir or resolve_data_dir(quick=settings.quick, verbose=verbose))
 
 
 def split_fingerprint(split) -> str:
     """A short digest of a train/eval split (which ids on which side, in order)."""
-    train_ids, eval_ids = split
     digest = hashlib.blake2b(digest_size=8)
-    for side, ids in (("train", train_ids), ("eval", eval_ids)):
+    for side, ids in zip(("train", "eval"), split):
         digest.update(f"{side}\n".encode())
         digest.update("\n".join(map(str, ids)).encode())
     return digest.hexdigest()
 
 
-def splits_provenance(data, seed: int, test_size: float = EVAL_SHARE) -> dict:
-    """The provenance record of ``splits.csv``: the ids, sites and labels, and the split's seed and size."""
+def _provenance(data, seed: int) -> dict:
+    """The provenance record of ``splits.csv``: the ids, sites and labels, the seed and the eval share."""
     from conserviz_utils.course.provenance import make_provenance
 
-    return make_provenance(data=data, data_part="labels", settings={"seed": seed, "test_size": test_size})
+    return make_provenance(data=data, data_part="labels", settings={"seed": seed, "test_size": EVAL_SHARE})
 
 
-def save_course_splits(data, settings: CourseSettings, split, test_size: float = EVAL_SHARE) -> Path:
-    """Save notebook 02's split as ``splits.csv`` with its provenance sidecar; returns the path.
-
-    Args:
-        split: ``(train_ids, eval_ids)``, e.g. ``split_by_site(..., seed=settings.seed)``.
-        test_size: The eval share it was drawn with.
-    """
+def save_course_splits(data, settings: CourseSettings, split) -> Path:
+    """Save notebook 02's split (drawn with ``test_size=EVAL_SHARE``) as ``splits.csv`` with its sidecar."""
     from conserviz_utils.course.provenance import write_sidecar
     from conserviz_utils.split import save_splits
 
     path = save_splits(settings.artifacts.splits, *split)
-    write_sidecar(path, splits_provenance(data, settings.seed, test_size))
+    write_sidecar(path, _provenance(data, settings.seed))
     return path
 
 
 def _edited_split(path: Path, data, expected: dict):
     """A split the learner edited after it was saved for this very data, or None.
 
-    Raises:
-        DataValidationError: the edited split does not list exactly the data's training ids;
-            rebuilding would silently throw the edit away, so it is refused instead.
+    An edit that no longer lists exactly the data's training ids is refused: drawing the split
+    again would silently throw the edit away.
     """
     from conserviz_utils.course.provenance import file_digest, read_sidecar
     from conserviz_utils.split import load_splits
@@ -118,24 +105,17 @@ def _edited_split(path: Path, data, expected: dict):
 
 
 def ensure_splits(data, settings: CourseSettings, verbose: bool = True):
-    """The site-grouped split notebook 02 saved; drawn again (and saved) when missing or made for other data.
+    """The `Split` notebook 02 saved, or the site split drawn again (and saved) for other data.
 
-    The split is reused while its provenance record matches this data (the training CSVs'
-    content), the seed and the eval share. A split edited by hand after it was saved for this
-    data is kept (and recorded as it is now); a split for other data — even data that shares
-    its ids — is drawn again, saying so in one line.
-
-    Returns:
-        A ``Split`` (``split.train``, ``split.eval``: id indexes).
-
-    Raises:
-        DataValidationError: an edited split no longer lists exactly this data's training ids.
+    Reused while its provenance record matches this data (the training CSVs' content), the seed
+    and the eval share; kept (and recorded anew) when edited by hand after it was saved for this
+    data; drawn again, saying so in one line, for other data, even data that shares its ids.
     """
     from conserviz_utils.course.provenance import check_matches, write_sidecar
     from conserviz_utils.split import load_splits, split_by_site
 
     path = settings.artifacts.splits
-    expected = splits_provenance(data, settings.seed)
+    expected = _provenance(data, settings.seed)
     ok, reason = check_matches(path, expected)
     if ok:
         return load_splits(path)

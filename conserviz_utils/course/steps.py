@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "StageChoice",
     "best_epoch",
+    "cache_images",
     "check_training_set",
     "compare_splits",
     "embed_images",
@@ -136,11 +137,13 @@ def make_optimizer(parameters, recipe: Recipe, stage: str = "fine_tune"):
     return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)  # Recipe allows only these two
 
 
-def make_loaders(data, splits, recipe: Recipe, model):
+def make_loaders(data, splits, recipe: Recipe, model, image_cache=None):
     """Training loader (augmented unless the recipe says not, shuffled) and evaluation loader.
 
-    Notebook 04 builds the same two loaders in a cell of its own, to show the learner the
-    ``ImagesDataset`` and ``make_loader`` calls; keep the two in step.
+    ``image_cache`` (e.g. ``settings.artifacts.images``) makes both read the pre-resized copies
+    :func:`embed_images` decoded, instead of decoding every JPEG again each epoch. Notebook 04
+    builds the same two loaders in a cell of its own, to show the learner the ``ImagesDataset``
+    and ``make_loader`` calls; keep the two in step.
     """
     from conserviz_utils.data import (
         ImagesDataset,
@@ -158,11 +161,13 @@ def make_loaders(data, splits, recipe: Recipe, model):
         data.train_features.loc[train_ids],
         data.train_labels,
         transform=transform(info.input_size, info.mean, info.std),
+        cache_dir=image_cache,
     )
     eval_set = ImagesDataset(
         data.train_features.loc[eval_ids],
         data.train_labels,
         transform=default_transform(info.input_size, info.mean, info.std),
+        cache_dir=image_cache,
     )
     train_loader = make_loader(train_set, batch_size=recipe.batch_size, shuffle=True, seed=recipe.seed)
     return train_loader, make_loader(eval_set, batch_size=2 * recipe.batch_size)
@@ -177,17 +182,40 @@ def embedding_transform(arch: str):
     return default_transform(info.input_size, info.mean, info.std)
 
 
+def cache_images(features, arch: str, settings: CourseSettings, progress: bool = True):
+    """Decode ``features``' images once, on every core, into the run's pre-resized image cache.
+
+    Every later pass over them (embeddings, each fine-tuning epoch, evaluation, prediction) then
+    reads the same pixels back without decoding a JPEG (``files.image_cache``). The cache keeps
+    the model's input size: every transform of the course squashes the frame to it first (the
+    augmentation crops the squashed frame), so nothing is lost. Returns the cache's report.
+    """
+    from conserviz_utils.files.image_cache import ImageCache
+    from conserviz_utils.models import model_info
+
+    from conserviz_utils.data import path_column
+
+    cache = ImageCache(model_info(arch).input_size, root=settings.artifacts.images)
+    return cache.build(features[path_column(features)], progress=progress)
+
+
 def embed_images(model, features, settings: CourseSettings, progress: bool = True):
-    """Freeze ``model``'s backbone and embed ``features``' images once, cached under outputs/."""
+    """Freeze ``model``'s backbone and embed ``features``' images once, cached under outputs/.
+
+    The images are decoded once into the image cache first (:func:`cache_images`), which the
+    later passes over them read.
+    """
     from conserviz_utils.course.embeddings import compute_embeddings
     from conserviz_utils.models import freeze_backbone
 
     freeze_backbone(model)
+    cache_images(features, model.arch, settings, progress=progress)
     return compute_embeddings(
         model,
         features,
         transform=embedding_transform(model.arch),
         cache_dir=settings.artifacts.features,
+        image_cache_dir=settings.artifacts.images,
         batch_size=2 * settings.batch_size,
         progress=progress,
     )
@@ -307,6 +335,7 @@ def fine_tune(
     Returns:
         ``fit``'s history.
     """
+    from conserviz_utils.callbacks import EarlyStopping
     from conserviz_utils.models import unfreeze
     from conserviz_utils.runtime.distributed import unwrap_model
     from conserviz_utils.train import fit
@@ -316,19 +345,28 @@ def fine_tune(
         raise ValueError("unfreeze(model) before wrapping it: DistributedDataParallel syncs only the "
                          "parameters that train when it is built")
     unfreeze(bare)
-    return fit(
+    stopper = EarlyStopping(patience=recipe.fine_tune_patience)
+    history = fit(
         model,
         train_loader,
         eval_loader,
         epochs=recipe.fine_tune_epochs,
         optimizer=make_optimizer(model.parameters(), recipe),
         device=device,
-        early_stopping=recipe.fine_tune_patience,
+        early_stopping=stopper,
         checkpoint_path=resume_path,
         resume_from=resume_path if resume and resume_path and Path(resume_path).is_file() else None,
         seed=recipe.seed,
         progress=progress,
     )
+    if stopper.best_logits is not None and not history.attrs.get("interrupted"):
+        # The restored best epoch's eval logits, as plain lists (history.attrs stays comparable and
+        # JSON-friendly): keep_better_stage hands them on, so notebook 05 does not predict them again.
+        logits = stopper.best_logits
+        history.attrs["eval_logits"] = {"ids": [str(i) for i in logits.index], "columns": [str(c) for c in logits.columns],
+                                        "values": logits.to_numpy(dtype=float).tolist(),
+                                        "precision": history.attrs.get("precision")}
+    return history
 
 
 @dataclass(frozen=True)
@@ -338,6 +376,8 @@ class StageChoice:
     stage: str  # "head-only" or "fine-tuned"
     head_log_loss: float
     fine_tuned_log_loss: float | None  # None: no fine-tuning ran (CONSERVIZ_EPOCHS=0)
+    # The kept fine-tuned model's eval logits, as fine_tune recorded them (history.attrs["eval_logits"]).
+    eval_logits: dict | None = field(default=None, repr=False, compare=False)
 
     @property
     def log_loss(self) -> float:
@@ -372,7 +412,8 @@ def keep_better_stage(model, head_state, head_log_loss: float, fine_tune_history
     keep_tuned = tuned is not None and math.isfinite(tuned) and tuned < head_log_loss
     if not keep_tuned:
         model.load_state_dict(head_state)
-    return StageChoice("fine-tuned" if keep_tuned else "head-only", float(head_log_loss), tuned)
+        return StageChoice("head-only", float(head_log_loss), tuned)
+    return StageChoice("fine-tuned", float(head_log_loss), tuned, fine_tune_history.attrs.get("eval_logits"))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import pandas as pd
 
 from conserviz_utils import SPECIES
 from conserviz_utils.errors import DataValidationError
-from conserviz_utils.labels import one_hot_faults
+from conserviz_utils.files.tables import one_hot_faults
 
 #: The marker file that identifies a folder as a generated sample dataset (see `tools.sample`).
 SAMPLE_MARKER = "conserviz-sample.json"
@@ -42,17 +42,12 @@ def is_sample_folder(folder: Path) -> bool:
 
 
 def validated_tables(root: str | os.PathLike, check_images: bool = True) -> dict:
-    """The four competition tables under ``root``, validated, indexed by id; and the species.
+    """The fields of `data.CompetitionData`: ``root``, the four tables validated and indexed by id, ``species``.
 
-    Some differences are harmless and simply work: a UTF-8 BOM, Windows line endings, labels
-    listed in another order than the features, species columns in another order (they are
-    sorted), and extra columns in the two features CSVs (kept as they are, e.g. notes or dates
-    a learner added). In ``train_labels.csv`` and ``submission_format.csv`` every column
-    besides ``id`` is a species, so an extra column there is an error: a silently ignored
-    column would train on the wrong classes.
-
-    Returns:
-        The fields of `data.CompetitionData`: ``root``, the four frames and ``species``.
+    Harmless differences simply work: a UTF-8 BOM, Windows line endings, rows or species columns
+    in another order, extra columns in the features CSVs. In ``train_labels.csv`` and
+    ``submission_format.csv`` every column besides ``id`` is a species, so an extra one there is an
+    error: a silently ignored column would train on the wrong classes.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -64,23 +59,18 @@ def validated_tables(root: str | os.PathLike, check_images: bool = True) -> dict
     root = root.resolve()
     paths = {name: root / f"{name}.csv" for name in _TABLES}
 
-    train_features = _read_csv(paths["train_features"], required=_FEATURE_COLUMNS)
-    test_features = _read_csv(paths["test_features"], required=_FEATURE_COLUMNS)
-    train_labels = _read_csv(paths["train_labels"], required=("id",))
-    submission_format = _read_csv(paths["submission_format"], required=("id",))
-    for name, frame in [
-        ("train_features", train_features),
-        ("test_features", test_features),
-        ("train_labels", train_labels),
-        ("submission_format", submission_format),
-    ]:
+    features = ("train_features", "test_features")
+    frames = {
+        name: _read_csv(paths[name], required=_FEATURE_COLUMNS if name in features else ("id",))
+        for name in (*features, "train_labels", "submission_format")
+    }
+    for name, frame in frames.items():
         _check_ids(frame, paths[name])
-    for name, frame in [("train_features", train_features), ("test_features", test_features)]:
-        _check_features(frame, paths[name])
+    for name in features:
+        _check_features(frames[name], paths[name])
+    train_features, test_features, train_labels, submission_format = frames.values()
 
-    species = _check_species(
-        train_labels, paths["train_labels"], submission_format, paths["submission_format"]
-    )
+    species = _check_species(train_labels, paths["train_labels"], submission_format, paths["submission_format"])
     _check_numeric(submission_format, species, paths["submission_format"])
     _check_one_hot(train_labels, species, paths["train_labels"])
 
@@ -88,15 +78,10 @@ def validated_tables(root: str | os.PathLike, check_images: bool = True) -> dict
     test_features = test_features.set_index("id")
     train_labels = train_labels.set_index("id")[species].astype("float64")
     submission_format = submission_format.set_index("id")[species]
-    _check_same_ids(
-        train_features.index, paths["train_features"], train_labels.index, paths["train_labels"]
-    )
-    _check_disjoint(
-        train_features.index, paths["train_features"], test_features.index, paths["test_features"]
-    )
+    _check_same_ids(train_features.index, paths["train_features"], train_labels.index, paths["train_labels"])
+    _check_disjoint(train_features.index, paths["train_features"], test_features.index, paths["test_features"])
     _check_submission_order(
-        test_features.index, paths["test_features"], submission_format.index,
-        paths["submission_format"],
+        test_features.index, paths["test_features"], submission_format.index, paths["submission_format"]
     )
 
     for name, frame in [("train_features", train_features), ("test_features", test_features)]:
@@ -122,7 +107,8 @@ def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
     """Read one competition CSV as text ids, failing clearly on every unreadable layout."""
     if not path.is_file():
         raise DataValidationError("file not found", path=path, fix=_UNZIP_FIX)
-    header = _header_line(path)
+    with open(path, "rb") as file:  # decoded leniently: only to sniff the delimiter
+        header = file.readline(64 * 1024).decode("utf-8-sig", errors="replace")
     if not header.strip():
         raise DataValidationError("is empty (no header, no rows)", path=path, fix=_RESTORE_FIX)
     if "," not in header:
@@ -163,9 +149,7 @@ def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
         if column not in frame.columns:
             hint = f"add the {column!r} column"
             # Suggest a rename only from columns that have no meaning of their own.
-            unknown = {
-                c.lower(): c for c in frame.columns if c not in required and c not in SPECIES
-            }
+            unknown = {c.lower(): c for c in frame.columns if c not in required and c not in SPECIES}
             close = difflib.get_close_matches(column.lower(), list(unknown), n=1, cutoff=0.75)
             if close:
                 hint = f"rename {unknown[close[0]]!r} back to {column!r}"
@@ -180,13 +164,6 @@ def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
     return frame
 
 
-def _header_line(path: Path) -> str:
-    """The first line of a file, decoded leniently (only used to sniff the delimiter)."""
-    with open(path, "rb") as file:
-        first = file.readline(64 * 1024)
-    return first.decode("utf-8-sig", errors="replace")
-
-
 # --- checks of one table -------------------------------------------------------------------
 
 
@@ -194,10 +171,7 @@ def _lines(frame: pd.DataFrame, mask: pd.Series | np.ndarray) -> list[str]:
     """Name the masked rows as ``id (line N)``, the line number a text editor shows."""
     positions = np.flatnonzero(np.asarray(mask))
     ids = frame["id"].to_numpy()
-    return [
-        f"{ids[p]} (line {p + 2})" if isinstance(ids[p], str) else f"line {p + 2}"
-        for p in positions
-    ]
+    return [f"{ids[p]} (line {p + 2})" if isinstance(ids[p], str) else f"line {p + 2}" for p in positions]
 
 
 def _check_ids(frame: pd.DataFrame, path: Path) -> None:
@@ -344,9 +318,7 @@ def _require_ids(ids: pd.Index, listed: pd.Index, problem: str, path: Path, fix:
         raise DataValidationError(problem, path=path, column="id", rows=list(absent), fix=fix)
 
 
-def _check_same_ids(
-    features: pd.Index, features_path: Path, labels: pd.Index, labels_path: Path
-) -> None:
+def _check_same_ids(features: pd.Index, features_path: Path, labels: pd.Index, labels_path: Path) -> None:
     """Every training image has a label row, and every label row an image."""
     features_name = features_path.name
     _require_ids(
@@ -369,14 +341,10 @@ def _check_disjoint(train: pd.Index, train_path: Path, test: pd.Index, test_path
         )
 
 
-def _check_submission_order(
-    test: pd.Index, test_path: Path, submission: pd.Index, submission_path: Path
-) -> None:
+def _check_submission_order(test: pd.Index, test_path: Path, submission: pd.Index, submission_path: Path) -> None:
     """submission_format lists exactly the test ids, in the same order."""
     _require_ids(test, submission, f"test ids of {test_path.name} missing", submission_path, _RESTORE_FIX)
-    _require_ids(
-        submission, test, f"ids that {test_path.name} does not list", submission_path, _RESTORE_FIX
-    )
+    _require_ids(submission, test, f"ids that {test_path.name} does not list", submission_path, _RESTORE_FIX)
     moved = test.to_numpy() != submission.to_numpy()
     if moved.any():
         raise DataValidationError(
@@ -450,30 +418,19 @@ def _check_image_files(ids: pd.Index, relative: pd.Series, root: Path, csv_path:
                 f"(e.g. {case_only[0]}): rename those files to match the CSV"
                 + (f"; {fix}" if len(case_only) < len(missing) else "")
             )
-        raise DataValidationError(
-            problem, path=csv_path, column="filepath", rows=missing, fix=fix
-        )
-
+        raise DataValidationError(problem, path=csv_path, column="filepath", rows=missing, fix=fix)
 
 
 # --- where the data is ---------------------------------------------------------------------
 
 
 def resolve_data_dir(quick: bool = False, verbose: bool = True) -> Path:
-    """Find the data to work on, building the sample dataset on first use.
+    """The data folder to work on, building the synthetic sample on first use.
 
     In order: the folder in ``CONSERVIZ_DATA``; ``data/competition`` when it holds
-    ``train_features.csv`` (the real data, unzipped there); else the synthetic sample in
-    ``data/sample`` (2,000 train / 500 test images), or ``data/sample-quick`` (300 / 100
-    at half size) when ``quick``. ``data/`` is in the project root (the folder above the
-    ``conserviz_utils`` package), so notebooks find it from any working directory.
-
-    Args:
-        quick: Use the small quick sample (for CI and a first run-through).
-        verbose: Print one line saying which data was picked; show the build's progress.
-
-    Returns:
-        The data folder, ready for `load_competition`.
+    ``train_features.csv``; else the sample in ``data/sample`` (or the smaller ``data/sample-quick``
+    when ``quick``), under the project root so notebooks find it from any working directory.
+    ``verbose`` prints which data was picked and shows the build's progress.
     """
     from_env = os.environ.get("CONSERVIZ_DATA", "").strip()
     if from_env:
@@ -507,7 +464,9 @@ def resolve_data_dir(quick: bool = False, verbose: bool = True) -> Path:
         print(f"Data: no competition data in {_shown(competition)}, so building the synthetic "
               f"sample in {_shown(folder)} ({settings['n_train']:,} train / "
               f"{settings['n_test']:,} test images, first use only).")
-    _build_sample(folder, settings, progress=verbose)
+    from conserviz_utils.tools.sample import generate_sample  # only needed on first use
+
+    generate_sample(folder, seed=0, progress=verbose, **settings)  # it refuses a folder of other files
     return folder
 
 
@@ -532,13 +491,6 @@ def _is_complete_sample(folder: Path) -> bool:
         and marker.get("generator_version") == GENERATOR_VERSION
         and all((folder / f"{name}.csv").is_file() for name in _TABLES)
     )
-
-
-def _build_sample(folder: Path, settings: dict, progress: bool) -> None:
-    """Generate the sample into ``folder`` (the generator refuses a folder of other files)."""
-    from conserviz_utils.tools.sample import generate_sample  # only needed on first use
-
-    generate_sample(folder, seed=0, progress=progress, **settings)
 
 
 def _describe(folder: Path) -> str:

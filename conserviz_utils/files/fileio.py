@@ -1,11 +1,9 @@
 """Atomic file writes: a reader sees the old file or the new one, never half of either.
 
-Every artifact conserviz writes (checkpoints, splits, metrics, submissions, caches) goes through
-:func:`atomic_writer`: the bytes go to a temporary file in the same folder, are flushed to disk,
-and only then replace the target with ``os.replace``. A crash, a full disk or Ctrl-C during the
-write leaves the previous file as it was and no temporary file behind. When the write fails, the
-error names the real target (not the hidden temporary file) and says how to fix it.
-:func:`user_cache_dir` is where the per-user caches (precision decisions, file digests) live.
+Every artifact conserviz writes goes through :func:`atomic_writer`: a temporary file in the same
+folder, flushed to disk, then ``os.replace``d over the target. A crash, a full disk or Ctrl-C
+leaves the previous file as it was and no temporary file behind; the error names the real target
+and the fix. :func:`user_cache_dir` holds the per-user caches (precision decisions, file digests).
 """
 
 from __future__ import annotations
@@ -22,18 +20,13 @@ from typing import IO, Any
 from conserviz_utils.errors import ConservizError
 
 __all__ = [
-    "TEMP_PREFIX",
-    "atomic_write_bytes",
-    "atomic_write_csv",
-    "atomic_write_json",
-    "atomic_write_text",
-    "atomic_writer",
-    "user_cache_dir",
-    "write_failure_fix",
+    "TEMP_PREFIX", "atomic_write_csv", "atomic_write_json", "atomic_write_text",
+    "atomic_writer", "user_cache_dir", "write_failure_fix",
 ]
 
+
 def user_cache_dir() -> Path:
-    """conserviz's per-user cache folder: ``$CONSERVIZ_CACHE_DIR``, ``$XDG_CACHE_HOME/conserviz`` or ``~/.cache/conserviz``."""
+    """The per-user cache folder: ``$CONSERVIZ_CACHE_DIR``, ``$XDG_CACHE_HOME/conserviz`` or ``~/.cache/conserviz``."""
     folder = os.environ.get("CONSERVIZ_CACHE_DIR", "").strip()
     if folder:
         return Path(folder).expanduser()
@@ -62,16 +55,12 @@ def _temp_path_for(path: Path) -> Path:
 
 def _fsync_folder(folder: Path) -> None:
     """Flush a folder's entry table, so a rename survives a power cut (best effort)."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -86,17 +75,11 @@ def atomic_writer(
     """Open a temporary file that replaces ``path`` when the block ends without an error.
 
     Args:
-        path: The file to write.
         mode: "w" (text, UTF-8, newlines as given) or "wb" (bytes).
         what: What the file is, for error messages ("checkpoint", "metrics", ...).
-        error: The ConservizError subclass to raise (e.g. CheckpointError).
-        durable: Flush the file and its folder to disk before and after the rename, so the new
-            version survives a power cut. Caches that can be rebuilt skip it (False): two
-            fsyncs per entry cost more than the entry over thousands of small files.
-
-    Raises:
-        ConservizError: (or ``error``) the folder cannot be created or written (full disk, read-only), naming
-            ``path`` and the fix. Nothing partial is left behind.
+        error: The ConservizError subclass to raise when the folder cannot be created or written.
+        durable: Flush the file and its folder to disk around the rename, so the new version
+            survives a power cut. Rebuildable caches skip it: two fsyncs cost more than a small entry.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
@@ -133,13 +116,6 @@ def atomic_writer(
         raise
     if durable:
         _fsync_folder(target.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, what: str = "file", durable: bool = True) -> Path:
-    """Write ``data`` to ``path`` atomically; returns the path."""
-    with atomic_writer(path, "wb", what=what, durable=durable) as handle:
-        handle.write(data)
-    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, what: str = "file") -> Path:

@@ -46,22 +46,12 @@ def open_image(
     target_size: int | tuple[int, int] | None = None,
     max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> Image.Image:
-    """Open an image file as an upright 8-bit RGB Pillow image.
+    """Open an image file (whatever its extension says) as a loaded, upright 8-bit RGB Pillow image.
 
-    Every Pillow mode is converted sensibly (16-bit and float images are scaled, alpha is
-    composited onto grey), EXIF orientation is applied, and the header size is checked
-    against ``max_pixels`` before any pixel is decoded. With ``target_size``, a JPEG is
-    decoded at the strongest DCT reduction (1/2, 1/4 or 1/8) that keeps it no smaller than
-    the target, then resized: 2× faster at 960×540, 3–4× on 5–10 MP photos, visually the same.
-
-    Args:
-        path: The image file. Its extension is ignored: a PNG named ``.jpg`` opens fine.
-        target_size: Resize to this size, ``(width, height)`` in Pillow's order, or an int
-            for a square. ``None`` keeps the full size.
-        max_pixels: Refuse images whose header claims more pixels than this.
-
-    Returns:
-        A loaded RGB image, independent of the file (which is closed).
+    Every mode is converted sensibly (`to_rgb`), EXIF orientation applied, and the header's size
+    checked against ``max_pixels`` before any pixel is decoded. With ``target_size`` (``(width,
+    height)`` or an int for a square) a JPEG decodes at the strongest DCT reduction that keeps it
+    no smaller than the target, then is resized: 2× faster at 960×540, 3–4× on 5–10 MP photos.
 
     Raises:
         ImageLoadError: The file is missing, empty, truncated, not an image, or too large.
@@ -103,11 +93,7 @@ def open_image(
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert a loaded image of any Pillow mode to 8-bit RGB without clipping its range.
-
-    16-bit, 32-bit integer and float images are scaled to 0–255 (a plain ``convert("RGB")``
-    would clip them to white); alpha is composited onto `ALPHA_BACKGROUND`.
-    """
+    """A loaded image of any Pillow mode as 8-bit RGB: wide modes scaled to 0–255 (not clipped), alpha on grey."""
     if image.mode == "RGB":
         return image
     if image.mode.startswith("I") or image.mode == "F":
@@ -236,16 +222,7 @@ def is_night_shot(image: Image.Image) -> bool:
 
 
 def describe_images(features, max_images: int | None = 2000, seed: int = 0):
-    """Size and day/night of each image (a seeded subset of ``max_images`` on large data).
-
-    Args:
-        features: A features frame with a ``path`` column (from ``load_competition``).
-        max_images: Look at this many images at most (None: all of them).
-        seed: Which subset to look at.
-
-    Returns:
-        A frame indexed by id with ``width``, ``height`` (as stored) and ``night`` (bool).
-    """
+    """``width``, ``height`` (as stored) and ``night`` of each image by id (a seeded subset of ``max_images``)."""
     import pandas as pd
 
     if max_images is not None and len(features) > max_images:

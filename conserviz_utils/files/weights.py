@@ -1,8 +1,6 @@
-"""Pretrained weights on disk: the file shipped in a package, the torch hub cache, safe loading.
+"""Pretrained weights on disk for ``build_model``: a bad or missing file is a WeightsUnavailableError naming it.
 
-:func:`conserviz_utils.models.build_model` reads its ImageNet weights through these: a file that
-is missing, truncated or of another network becomes a ``WeightsUnavailableError`` that names the
-file and the fix, never a bare torch or network exception.
+The file shipped in a package, the torch hub cache, and safe (weights-only) loading.
 """
 
 from __future__ import annotations

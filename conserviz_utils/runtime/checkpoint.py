@@ -1,21 +1,14 @@
-"""Checkpoints: weights plus everything needed to rebuild, use and resume a model, saved safely.
+"""Checkpoints: weights plus what rebuilds, uses and resumes a model, saved atomically.
 
-A conserviz checkpoint is a ``torch.save`` archive of one plain dictionary: the model's
-``state_dict``, the :func:`~conserviz_utils.models.build_model` arguments that rebuild it
-(``arch``, ``head``, ``dropout``, ``num_classes``), the species order of its logits, the input
-size and normalisation it expects, optimizer and scheduler state, the epoch and batch reached,
-metrics, the training history and library versions. Only plain Python values and tensors go in,
-so it loads with ``torch.load(..., weights_only=True)``.
+A checkpoint is a ``torch.save`` archive of one plain dict: the ``state_dict``, the
+:func:`~conserviz_utils.models.build_model` arguments that rebuild the model, the species order
+of its logits, its input size and normalisation, optimizer and scheduler state, epoch and batch,
+metrics, history and library versions. Only tensors and plain values go in, so it loads with
+``torch.load(..., weights_only=True)``. ``torch.save(model)`` (the DrivenData walkthrough's way)
+pickles code: loading it runs whatever the file names, and torch >= 2.6 refuses it by default.
 
-Why not ``torch.save(model)``, as the DrivenData walkthrough does? A pickled module is code:
-unpickling it imports and runs whatever the file names, so a checkpoint from the internet could
-do anything on your machine; and it only loads where the same classes exist under the same
-names (torch >= 2.6 refuses it by default). :func:`load_checkpoint` therefore never unpickles
-objects: it reads tensors and plain values only and rebuilds the model through the factory.
-
-Saving is atomic: the archive is written to a temporary file in the same folder, flushed to disk,
-then renamed over the old checkpoint in one step. A crash, a Ctrl-C or a full disk while saving
-leaves the previous checkpoint as it was, and no temporary file behind.
+Saving writes a temporary file beside the target and renames it over the old checkpoint
+(`fileio.atomic_writer`): a crash, Ctrl-C or full disk leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -46,7 +39,7 @@ CHECKPOINT_VERSION = 1
 # x.y" and, from torch 2.6 on, "Trying to load unsupported GLOBAL x.y whose module x is blocked".
 _UNSUPPORTED_GLOBAL = re.compile(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)")
 # Globals that mean "somebody pickled a whole model", as the walkthrough's torch.save(model) does.
-_MODULE_PREFIXES = ("torch.nn.modules.", "torchvision.models.", "conserviz_utils.models.", "efficientnet")
+_MODULE_PREFIXES = ("torch.nn.modules.", "torchvision.models.", "conserviz_utils.models.", "efficientnet", "__main__.")
 
 # How to turn the walkthrough's pickled ResNet50 (fc = Linear -> ReLU -> Dropout -> Linear, the
 # seed head) into a checkpoint: its keys are torchvision's, ours add "backbone." and call fc "head".
@@ -57,6 +50,7 @@ _CONVERT_RECIPE = (
     "model.load_state_dict({('head.' + k[3:] if k.startswith('fc.') else 'backbone.' + k): v "
     "for k, v in old.items()}); save_checkpoint(new_path, model); then load new_path"
 )
+_CHECKPOINT_FIX = "point to a checkpoint written by save_checkpoint (or fit(checkpoint_path=...))"
 
 
 def _versions() -> dict[str, str | None]:
@@ -74,12 +68,7 @@ def _versions() -> dict[str, str | None]:
 
 
 def _plain(value: Any, where: str) -> Any:
-    """Return ``value`` as plain Python values and tensors, or fail naming the offending key.
-
-    numpy numbers and arrays become Python numbers and tensors; anything that would need
-    unpickling of a class (a DataFrame, a function, a custom object) is refused here, at save
-    time, rather than producing a checkpoint that ``weights_only`` loading cannot read.
-    """
+    """``value`` as plain Python values and tensors; what would need unpickling fails now, naming its key."""
     if value is None or isinstance(value, (torch.Tensor, torch.dtype, torch.device, torch.Size)):
         return value
     if type(value).__module__ == "numpy":
@@ -111,42 +100,27 @@ def _plain(value: Any, where: str) -> Any:
     )
 
 
-def _history_columns(history: Any) -> dict[str, list] | None:
-    """A history DataFrame (or dict of columns) as a dict of plain lists."""
-    if history is None:
-        return None
-    if hasattr(history, "to_dict") and hasattr(history, "columns"):  # a DataFrame
-        return _plain({str(c): history[c].tolist() for c in history.columns}, "history")
-    return _plain(dict(history), "history")
-
-
 def _model_description(model: nn.Module) -> dict[str, Any]:
     """What rebuilds ``model`` through build_model, or Nones for a model built another way."""
+    description: dict[str, Any] = dict.fromkeys(
+        ("model_class", "arch", "head", "dropout", "num_classes", "input_size", "resize_size", "mean", "std",
+         "interpolation")
+    )
+    description.update(
+        model_class=f"{type(model).__module__}.{type(model).__qualname__}",
+        num_classes=getattr(model, "num_classes", None),
+    )
     config = model.config() if callable(getattr(model, "config", None)) else None
-    description: dict[str, Any] = {
-        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "arch": None,
-        "head": None,
-        "dropout": None,
-        "num_classes": getattr(model, "num_classes", None),
-        "input_size": None,
-        "resize_size": None,
-        "mean": None,
-        "std": None,
-        "interpolation": None,
-    }
     if config is None:
         return description
+    from conserviz_utils.models import model_info
+
+    info = model_info(config["arch"])
     description.update(
         arch=config["arch"],
         head=config["head"],
         dropout=float(config["dropout"]),
         num_classes=int(config["num_classes"]),
-    )
-    from conserviz_utils.models import model_info
-
-    info = model_info(config["arch"])
-    description.update(
         input_size=int(info.input_size),
         resize_size=int(info.resize_size),
         mean=[float(m) for m in info.mean],
@@ -154,12 +128,6 @@ def _model_description(model: nn.Module) -> dict[str, Any]:
         interpolation=str(info.interpolation),
     )
     return description
-
-
-def atomic_torch_save(payload: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    with atomic_writer(path, "wb", what="checkpoint", error=CheckpointError) as handle:
-        torch.save(payload, handle)
 
 
 def save_checkpoint(
@@ -175,29 +143,19 @@ def save_checkpoint(
     history: Any | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Save ``model`` with what rebuilds, uses and resumes it, atomically.
+    """Save ``model`` with what rebuilds, uses and resumes it, atomically; returns the path.
 
     Args:
-        path: The checkpoint file to write (its folder is created); an existing file is
-            replaced only once the new one is completely on disk.
         model: A model from ``build_model`` (rebuildable by :func:`load_checkpoint`), or any
             ``nn.Module`` (its weights are stored, but only its own code can rebuild it).
-        optimizer: Optimizer whose state (momentum buffers, learning rates) resumes training.
-        scheduler: Learning-rate scheduler whose state resumes training.
-        epoch: Epochs completed.
-        batch: Batches completed within the next epoch (0 at an epoch boundary).
-        metrics: Scores to keep with the weights, e.g. ``{"eval_log_loss": 0.93}``.
+        epoch: Epochs completed; ``batch``: batches completed within the next one.
         species: The class names of the model's logits, in order; None when they are not species.
-        history: The training history (``fit``'s DataFrame or a dict of columns).
+        history: ``fit``'s DataFrame or a dict of columns.
         extra: Any other plain values (numbers, strings, lists, dicts, tensors).
-
-    Returns:
-        The path written.
 
     Raises:
         CheckpointError: a value cannot be stored safely, the species do not match the model's
-            number of logits, or the file cannot be written (e.g. the disk is full; the
-            previous checkpoint is then left intact).
+            number of logits, or the file cannot be written (the previous one is left intact).
     """
     path = Path(path)
     description = _model_description(model)
@@ -209,25 +167,27 @@ def save_checkpoint(
             path=path,
             fix="pass the species of the model's outputs in order (species=...), or species=None",
         )
+    if history is not None and hasattr(history, "to_dict") and hasattr(history, "columns"):  # a DataFrame
+        history = {str(c): history[c].tolist() for c in history.columns}
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
         **_plain(description, "model description"),
         "species": species_list,
-        # state_dict() is already tensors in an OrderedDict; its _metadata must survive, so it
-        # is stored as it is rather than rebuilt by _plain.
+        # Stored as it is, not rebuilt by _plain: the OrderedDict's _metadata must survive.
         "state_dict": model.state_dict(),
         "optimizer": _plain(optimizer.state_dict(), "optimizer state") if optimizer is not None else None,
         "scheduler": _plain(scheduler.state_dict(), "scheduler state") if scheduler is not None else None,
         "epoch": None if epoch is None else int(epoch),
         "batch": None if batch is None else int(batch),
         "metrics": _plain(dict(metrics or {}), "metrics"),
-        "history": _history_columns(history),
+        "history": None if history is None else _plain(dict(history), "history"),
         "extra": _plain(dict(extra or {}), "extra"),
         "versions": _plain(_versions(), "versions"),
         "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    atomic_torch_save(payload, path)
+    with atomic_writer(path, "wb", what="checkpoint", error=CheckpointError) as handle:
+        torch.save(payload, handle)
     return path
 
 
@@ -235,27 +195,21 @@ def _refusal(err: Exception, path: Path, is_zip: bool) -> CheckpointError:
     """Explain why torch.load refused or could not read ``path``."""
     message = str(err)
     match = _UNSUPPORTED_GLOBAL.search(message)
-    if match:
-        name = match.group(1)
-        if name.startswith(_MODULE_PREFIXES) or name.startswith("__main__."):
-            return CheckpointError(
-                f"refused: this file is a whole pickled model ({name}), as torch.save(model) "
-                "writes it (the original walkthrough does this). Loading it would unpickle, "
-                "that is run, code named inside the file, so conserviz only loads checkpoints "
-                "made of weights and plain values",
-                path=path,
-                fix=_CONVERT_RECIPE,
-            )
+    name = match.group(1) if match else None
+    if name is not None and name.startswith(_MODULE_PREFIXES):
         return CheckpointError(
-            f"refused: this file holds pickled Python objects ({name}) that would run code "
-            "when loaded; conserviz only loads checkpoints made of weights and plain values",
+            f"refused: this file is a whole pickled model ({name}), as torch.save(model) "
+            "writes it (the original walkthrough does this). Loading it would unpickle, "
+            "that is run, code named inside the file, so conserviz only loads checkpoints "
+            "made of weights and plain values",
             path=path,
-            fix="do not load files you did not create; save checkpoints with save_checkpoint",
+            fix=_CONVERT_RECIPE,
         )
-    if "Weights only load failed" in message and "GLOBAL" in message:  # a global torch words otherwise
+    if name is not None or ("Weights only load failed" in message and "GLOBAL" in message):
+        named = f" ({name})" if name is not None else ""
         return CheckpointError(
-            "refused: this file holds pickled Python objects that would run code when loaded; "
-            "conserviz only loads checkpoints made of weights and plain values",
+            f"refused: this file holds pickled Python objects{named} that would run code "
+            "when loaded; conserviz only loads checkpoints made of weights and plain values",
             path=path,
             fix="do not load files you did not create; save checkpoints with save_checkpoint",
         )
@@ -269,14 +223,19 @@ def _refusal(err: Exception, path: Path, is_zip: bool) -> CheckpointError:
     first_line = message.splitlines()[0] if message else ""
     detail = "" if "Weights only load failed" in message else f" ({type(err).__name__}: {first_line})"
     return CheckpointError(
-        f"not a checkpoint: this is not a torch.save archive of weights{detail}",
-        path=path,
-        fix="point to a checkpoint written by save_checkpoint (or fit(checkpoint_path=...))",
+        f"not a checkpoint: this is not a torch.save archive of weights{detail}", path=path, fix=_CHECKPOINT_FIX
     )
 
 
-def _read(path: str | Path, device: str | torch.device = "cpu") -> dict:
-    """Load and validate a checkpoint dictionary, with weights_only=True and nothing else."""
+def resume_state(path: str | Path, *, device: str | torch.device = "cpu") -> dict:
+    """A checkpoint's validated dictionary (weights, optimizer state, epoch, ...), read with weights_only=True.
+
+    ``fit(resume_from=...)`` uses it; it also suits a model built by your own code:
+    ``model.load_state_dict(resume_state(path)["state_dict"])``.
+
+    Raises:
+        CheckpointError: missing file, not a conserviz checkpoint, or pickled objects in it.
+    """
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(
@@ -318,7 +277,7 @@ def _read(path: str | Path, device: str | torch.device = "cpu") -> dict:
             f"not a conserviz checkpoint (it holds a {type(payload).__name__} without the "
             f"{CHECKPOINT_FORMAT!r} marker)",
             path=path,
-            fix="point to a checkpoint written by save_checkpoint (or fit(checkpoint_path=...))",
+            fix=_CHECKPOINT_FIX,
         )
     version = payload.get("format_version")
     if not isinstance(version, int) or version > CHECKPOINT_VERSION:
@@ -357,43 +316,20 @@ def _check_species(payload: dict, species: Sequence[str], path: Path) -> None:
     raise CheckpointError(problem, path=path, column="species", fix=fix)
 
 
-def resume_state(path: str | Path, *, device: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint's dictionary (weights, optimizer state, epoch, ...) without rebuilding a model.
-
-    This is what ``fit(resume_from=...)`` uses; it also suits a model built by your own code:
-    ``model.load_state_dict(resume_state(path)["state_dict"])``.
-
-    Raises:
-        CheckpointError: missing file, not a conserviz checkpoint, or pickled objects in it.
-    """
-    return _read(path, device)
-
-
 def load_checkpoint(
     path: str | Path,
     *,
     device: str | torch.device = "cpu",
     species: Sequence[str] | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Rebuild the model of a checkpoint through ``build_model`` and load its weights safely.
+    """``(model in eval mode on device, checkpoint dict)``: the model rebuilt through ``build_model``, weights loaded.
 
-    The file is read with ``torch.load(..., weights_only=True)`` only: tensors and plain values,
-    never pickled objects, so a malicious file cannot run code.
-
-    Args:
-        path: A checkpoint written by :func:`save_checkpoint` or ``fit(checkpoint_path=...)``.
-        device: Where to put the model ("cpu", "cuda", ..., or "auto" for the best available).
-        species: The species order the caller's data uses; when given, a checkpoint trained
-            for other species, or the same ones in another order, is refused.
-
-    Returns:
-        ``(model, checkpoint)``: the model in eval mode on ``device``, and the checkpoint's
-        dictionary (species, input_size, mean, std, metrics, history, epoch, versions, ...).
+    ``device`` may be "auto". With ``species`` (the data's order), a checkpoint trained for other
+    species, or the same ones in another order, is refused.
 
     Raises:
-        CheckpointError: the file is missing, is not a conserviz checkpoint (random bytes, a bare
-            state_dict, a pickled whole model), its species do not match, or it holds a model
-            ``build_model`` cannot rebuild.
+        CheckpointError: the file is missing, not a conserviz checkpoint (random bytes, a bare
+            state_dict, a pickled whole model), of other species, or not rebuildable.
     """
     path = Path(path)
     if str(device) == "auto":
@@ -401,7 +337,7 @@ def load_checkpoint(
 
         device = pick_device("auto")
     device = torch.device(device)
-    payload = _read(path, "cpu")
+    payload = resume_state(path)
     if species is not None:
         _check_species(payload, species, path)
     if payload.get("arch") is None:
@@ -442,10 +378,4 @@ def load_checkpoint(
     return model, payload
 
 
-__all__ = [
-    "CHECKPOINT_FORMAT",
-    "CHECKPOINT_VERSION",
-    "load_checkpoint",
-    "resume_state",
-    "save_checkpoint",
-]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_checkpoint", "resume_state", "save_checkpoint"]

@@ -28,24 +28,17 @@ from conserviz_utils.files.fileio import atomic_write_json, user_cache_dir
 
 #: What a precision is chosen for: training (forward + backward) or inference (forward only).
 PURPOSES = ("train", "inference")
-
-#: bf16 must be this much faster than fp32 (5 %) to be chosen: a closer race is within the noise
-#: of a few timed steps, and fp32 is the exact arithmetic.
+#: bf16 must be this much faster than fp32 to be chosen: a closer race is within the noise of a
+#: few timed steps, and fp32 is the exact arithmetic.
 BF16_MARGIN = 0.05
-
-#: Steps run and thrown away per precision before timing (kernel selection, memory warm-up).
+#: Untimed steps per precision first (kernel selection, memory warm-up), then timed ones, whose
+#: median counts (a shared machine makes single steps noisy).
 PROBE_WARMUP_STEPS = 1
-
-#: Steps timed per precision; the median counts (a shared machine makes single steps noisy).
 PROBE_STEPS = 3
-
-#: Name of the precision decisions file inside the cache folder.
+#: The decisions file in the cache folder, its layout version (another is ignored) and how many
+#: of the newest decisions it keeps.
 PRECISION_CACHE_NAME = "precision.json"
-
-#: Layout version of the precision cache file; a file of another version is ignored.
 PRECISION_CACHE_FORMAT = 1
-
-#: At most this many decisions are kept in the cache file (the newest).
 PRECISION_CACHE_LIMIT = 256
 
 
@@ -90,11 +83,7 @@ def cpu_model_name() -> str:
 
 
 def cpu_identity() -> str:
-    """The CPU as precision decisions are remembered for: model name, family/model/stepping, bf16.
-
-    Virtual machines often show a bare "AMD EPYC" for several generations, so the family, model
-    and stepping numbers and the bf16 instruction sets are part of it.
-    """
+    """The CPU as decisions are remembered for: name, family/model/stepping (VMs show a bare "AMD EPYC"), bf16."""
     info = _cpuinfo()
     numbers = [f"{key} {info[key]}" for key in ("cpu family", "model", "stepping") if key in info]
     parts = [cpu_model_name(), *numbers, f"bf16 {cpu_bf16_support()}"]
@@ -103,26 +92,16 @@ def cpu_identity() -> str:
 
 @functools.lru_cache(maxsize=1)
 def cpu_bf16_support() -> str:
-    """How this CPU computes bfloat16 through oneDNN: "amx", "avx512_bf16" or "none".
+    """How this CPU computes bfloat16 through oneDNN: "amx" (tile units), "avx512_bf16" or "none" (emulated).
 
-    "amx" means AMX tile units (Intel Sapphire Rapids and later), "avx512_bf16" bfloat16
-    dot-product instructions only, "none" that bfloat16 would be emulated. Whether bf16 is then
-    *faster* is a different question, which only a measurement answers (`device.choose_precision`).
+    Whether bf16 is then *faster* only a measurement answers (`device.choose_precision`).
     """
-    flags = _cpu_flags()
-    if not torch.backends.mkldnn.is_available():
-        return "none"
     try:
-        onednn_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        onednn_bf16 = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         onednn_bf16 = False
-    if not onednn_bf16:
-        return "none"
-    if "amx_bf16" in flags:
-        return "amx"
-    if "avx512_bf16" in flags:
-        return "avx512_bf16"
-    return "none"
+    flags = _cpu_flags() if onednn_bf16 else frozenset()
+    return "amx" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else "none"
 
 
 def available_cpus() -> int:
@@ -152,11 +131,6 @@ def image_size(input_size: int | Sequence[int] | None) -> tuple[int, int]:
         return input_size, input_size
     height, width = (int(side) for side in input_size)
     return height, width
-
-
-# ------------------------------------------------------------------------------------------------
-# The measurement
-# ------------------------------------------------------------------------------------------------
 
 
 def _first_tensor(output: Any) -> torch.Tensor:
@@ -192,28 +166,12 @@ def time_precisions(
     timer: Callable[[], float] = time.perf_counter,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Median seconds per step of a copy of ``model`` on random CPU images, for each precision.
+    """``{precision: median seconds per step}`` of a copy of ``model`` on random CPU images.
 
-    A "train" step is forward + backward of the mean output (gradients are dropped, there is
-    no optimizer step); an "inference" step is a forward pass in eval mode under
-    ``torch.inference_mode``. The precisions take turns step by step, so a change in the
-    machine's load hits them alike. The caller's model and random number generator are left
-    untouched.
-
-    Args:
-        model: The model to time; it is copied, never changed.
-        batch_size: Images per step.
-        purpose: "train" or "inference".
-        precisions: Any of "fp32", "bf16" (CPU autocast).
-        input_size: Image side or (height, width); default 224.
-        channels_last: Time the channels-last layout (conserviz's); False: NCHW.
-        steps: Timed steps per precision (at least 1).
-        warmup: Untimed steps per precision first.
-        timer: Clock in seconds.
-        seed: Seed of the random images.
-
-    Returns:
-        ``{precision: median seconds per step}``.
+    A "train" step is forward + backward of the mean output (no optimizer step); an "inference"
+    step a forward pass in eval mode under ``torch.inference_mode``. The precisions take turns
+    step by step, so a change in the machine's load hits them alike. The caller's model and
+    random number generator are left untouched.
     """
     check_purpose(purpose)
     if steps < 1:
@@ -254,11 +212,6 @@ def time_precisions(
                 step(precision)
                 timings[precision].append(timer() - started)
     return {precision: statistics.median(values) for precision, values in timings.items()}
-
-
-# ------------------------------------------------------------------------------------------------
-# The decisions file
-# ------------------------------------------------------------------------------------------------
 
 
 def precision_cache_path() -> Path:
@@ -315,11 +268,7 @@ def latest_decision(decisions: dict[str, dict], purpose: str, arch: str | None) 
 
 
 def read_precision_cache(path: str | os.PathLike | None = None) -> dict[str, dict]:
-    """The decisions remembered in ``path`` (default :func:`precision_cache_path`), by key.
-
-    A missing, unreadable or damaged file, or one of another layout version, reads as empty:
-    the decisions are measured again and the file rewritten.
-    """
+    """The decisions remembered in ``path`` (default :func:`precision_cache_path`) by key; a bad file reads as none."""
     path = Path(path) if path is not None else precision_cache_path()
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
@@ -334,11 +283,9 @@ def read_precision_cache(path: str | os.PathLike | None = None) -> dict[str, dic
 
 
 def write_precision_cache(path: str | os.PathLike, decisions: dict[str, dict]) -> bool:
-    """Write ``decisions`` (the newest :data:`PRECISION_CACHE_LIMIT`) to ``path`` atomically.
+    """Write the newest :data:`PRECISION_CACHE_LIMIT` ``decisions`` to ``path`` atomically; False if it cannot.
 
-    Returns:
-        True when written; False when the folder cannot be written (the cache only saves time,
-        so a read-only home folder must not stop a run).
+    The cache only saves time, so a read-only home folder must not stop a run.
     """
     newest = sorted(decisions.items(), key=lambda item: str(item[1].get("measured_at", "")))
     kept = dict(newest[-PRECISION_CACHE_LIMIT:])

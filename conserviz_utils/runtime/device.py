@@ -1,12 +1,7 @@
 """Where and in what arithmetic to compute: the device, the precision (measured on CPUs), autocast.
 
-* :func:`pick_device` — "auto" picks a CUDA GPU, then Apple MPS, then the CPU.
-* :func:`choose_precision` — the arithmetic to train or predict in.
-  An explicit precision always wins. On GPUs "auto" follows a rule (bf16 from Ampere on, fp16
-  with a gradient scaler before). On a CPU "auto" times a few steps of the actual model at the
-  actual batch size in both precisions and keeps the faster, remembering the decision per
-  machine, model, purpose and batch size (the probe and its decisions file: `runtime.cpu`).
-* :func:`autocast` and :func:`grad_scaler` — the precision put to work in ``fit`` and ``predict``.
+:func:`choose_precision`: an explicit precision always wins; on GPUs "auto" follows a rule, on a
+CPU it times the actual model in both precisions and remembers the faster (`runtime.cpu`).
 """
 
 from __future__ import annotations
@@ -45,11 +40,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-# ------------------------------------------------------------------------------------------------
-# Devices
-# ------------------------------------------------------------------------------------------------
-
-
 def _mps_available() -> bool:
     """Whether Apple's Metal backend can run here."""
     backend = getattr(torch.backends, "mps", None)
@@ -57,11 +47,7 @@ def _mps_available() -> bool:
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """The device to compute on: "auto" picks a CUDA GPU, then Apple MPS, then the CPU.
-
-    Raises:
-        TrainingError: a device was named that this machine does not have.
-    """
+    """The device to compute on: "auto" picks a CUDA GPU, then Apple MPS, then the CPU; refuses one it lacks."""
     if isinstance(device, str) and device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -94,27 +80,13 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return chosen
 
 
-# ------------------------------------------------------------------------------------------------
-# The precision choice
-# ------------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class PrecisionChoice:
     """The precision picked for one purpose, where the choice came from, and what was measured.
 
-    Attributes:
-        precision: "fp32", "bf16" or "fp16".
-        source: "explicit" (asked for by name), "measured" (timed just now), "cached" (timed
-            earlier on this machine) or "rule" (no measurement: GPUs, MPS, no model given, ...).
-        purpose: "train" or "inference".
-        device: The device type ("cpu", "cuda", "mps").
-        reason: One sentence saying why.
-        fp32_seconds: Median seconds per step in fp32 (channels-last), when measured.
-        bf16_seconds: Median seconds per step in bf16 (channels-last), when measured.
-        batch_size: The batch the steps were timed at.
-        arch: The architecture the decision is for.
-        probe_seconds: Wall time the measurement took (0 when nothing was measured now).
+    ``source`` is "explicit" (asked for by name), "measured" (timed just now), "cached" (timed
+    earlier on this machine) or "rule" (GPUs, MPS, no model given, ...); ``*_seconds`` are median
+    seconds per channels-last step at ``batch_size``; ``probe_seconds`` what measuring took now.
     """
 
     precision: str
@@ -131,12 +103,12 @@ class PrecisionChoice:
     @property
     def fp32_images_per_second(self) -> float | None:
         """Images per second measured in fp32, or None."""
-        return _rate(self.batch_size, self.fp32_seconds)
+        return self.batch_size / self.fp32_seconds if self.batch_size and self.fp32_seconds else None
 
     @property
     def bf16_images_per_second(self) -> float | None:
         """Images per second measured in bf16, or None."""
-        return _rate(self.batch_size, self.bf16_seconds)
+        return self.batch_size / self.bf16_seconds if self.batch_size and self.bf16_seconds else None
 
     @property
     def bf16_speedup(self) -> float | None:
@@ -155,34 +127,17 @@ class PrecisionChoice:
 
     def as_attrs(self) -> dict[str, Any]:
         """The choice as JSON-friendly ``history.attrs`` entries (``precision``, ``precision_*``)."""
+        fp32, bf16 = self.fp32_images_per_second, self.bf16_images_per_second
         return {
             "precision": self.precision,
             "precision_source": self.source,
             "precision_reason": self.reason,
-            "precision_fp32_images_per_second": _rounded(self.fp32_images_per_second),
-            "precision_bf16_images_per_second": _rounded(self.bf16_images_per_second),
+            "precision_fp32_images_per_second": None if fp32 is None else round(fp32, 2),
+            "precision_bf16_images_per_second": None if bf16 is None else round(bf16, 2),
         }
 
     def __str__(self) -> str:
         return self.label
-
-
-def _rate(batch_size: int | None, seconds: float | None) -> float | None:
-    """``batch_size`` images over ``seconds``, or None when either is missing."""
-    if not batch_size or not seconds:
-        return None
-    return batch_size / seconds
-
-
-def _rounded(value: float | None) -> float | None:
-    """A rate to two decimals for the history's attrs (None stays None)."""
-    return None if value is None else round(value, 2)
-
-
-def _check_precision(precision: str) -> None:
-    """Refuse a precision that is not one of :data:`PRECISIONS`."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
 
 
 def _explicit_choice(precision: str, device: torch.device, purpose: str) -> PrecisionChoice:
@@ -207,7 +162,8 @@ def _gpu_rule(device: torch.device, purpose: str) -> PrecisionChoice:
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         if major >= 8:
-            return PrecisionChoice("bf16", "rule", purpose, "cuda", f"CUDA GPU of compute capability {major}.{minor}: bf16")
+            reason = f"CUDA GPU of compute capability {major}.{minor}: bf16"
+            return PrecisionChoice("bf16", "rule", purpose, "cuda", reason)
         return PrecisionChoice(
             "fp16", "rule", purpose, "cuda",
             f"CUDA GPU of compute capability {major}.{minor} (before Ampere): fp16 with a gradient scaler",
@@ -230,44 +186,23 @@ def choose_precision(
     margin: float = BF16_MARGIN,
     timer: Callable[[], float] = time.perf_counter,
 ) -> PrecisionChoice:
-    """The arithmetic to train or predict in, with where the choice came from.
+    """The arithmetic to train or predict in ("auto", "fp32", "bf16", "fp16"), with where the choice came from.
 
-    * An explicit "fp32", "bf16" or "fp16" always wins (once checked the device has it).
-    * "auto" on a CUDA GPU: bf16 from Ampere on, fp16 (with a gradient scaler in ``fit``)
-      before. On Apple MPS: fp32.
-    * "auto" on a CPU with a ``model`` and ``batch_size``: the decision remembered for this CPU,
-      torch version, architecture, purpose, batch size and input size, else a measurement —
-      ``steps`` timed steps (after ``warmup``) of a copy of ``model`` in fp32 and in bf16,
-      both channels-last, forward + backward for "train" (no optimizer step), forward only for
-      "inference" — keeping bf16 only if it was more than ``margin`` faster. The caller's
-      model, gradients and random number generator are left as they were.
-    * "auto" on a CPU without a model: the latest decision remembered for this purpose on
-      this CPU and torch version (for ``arch`` when given), else fp32.
-    * A CPU without native bf16 (:func:`cpu_bf16_support` is "none") is not measured: fp32.
-
-    Args:
-        precision: "auto", "fp32", "bf16" or "fp16".
-        device: The device the work runs on (see :func:`pick_device`).
-        model: The model to time (on a copy); without it nothing is measured.
-        batch_size: The batch the work runs at.
-        purpose: "train" or "inference": decided, measured and remembered separately.
-        input_size: Image side (or (height, width)) to time at; default 224.
-        arch: The name the decision is remembered under; default ``model.arch`` or the
-            model's class name.
-        cache: Read and write the decisions file (:func:`precision_cache_path`).
-        steps: Timed steps per precision.
-        warmup: Untimed steps per precision before the timed ones.
-        margin: How much faster bf16 must be (0.05: 5 %).
-        timer: Clock in seconds (injectable for tests).
-
-    Returns:
-        The :class:`PrecisionChoice`.
+    * An explicit precision always wins, once checked the device has it.
+    * "auto" on a CUDA GPU: bf16 from Ampere on, fp16 (with a gradient scaler) before; on MPS fp32.
+    * "auto" on a CPU with native bf16, a ``model`` and ``batch_size``: the decision remembered
+      for this CPU, torch version, ``arch``, purpose, batch and input size, else ``steps`` timed
+      steps of a copy of ``model`` in each precision (`cpu.time_precisions`), bf16 kept only when
+      more than ``margin`` faster. The caller's model, gradients and random state stay as they were.
+    * "auto" on a CPU without a model: the latest decision remembered for this purpose (and
+      ``arch`` when given), else fp32. Without native bf16: fp32, unmeasured.
 
     Raises:
         ValueError: ``precision`` or ``purpose`` is not one of those listed.
         TrainingError: the device cannot compute in the precision asked for.
     """
-    _check_precision(precision)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     check_purpose(purpose)
     device = pick_device(device)
     if precision != "auto":
@@ -343,11 +278,6 @@ def _trainable_parameters(model: nn.Module, purpose: str) -> int | None:
     return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
 
 
-# ------------------------------------------------------------------------------------------------
-# Decisions as remembered in the decisions file
-# ------------------------------------------------------------------------------------------------
-
-
 def _to_record(choice: PrecisionChoice, input_size: tuple[int, int]) -> dict[str, Any]:
     """A measured choice as the decisions file keeps it: with the machine and when it was measured."""
     record = asdict(choice)
@@ -373,11 +303,6 @@ def _from_record(record: dict[str, Any], source: str) -> PrecisionChoice:
     )
 
 
-# ------------------------------------------------------------------------------------------------
-# Autocast and gradient scaling
-# ------------------------------------------------------------------------------------------------
-
-
 def autocast(device: torch.device, precision: str):
     """The autocast context of ``precision`` on ``device`` (a no-op for fp32)."""
     dtype = _AUTOCAST_DTYPES.get(precision)
@@ -391,12 +316,4 @@ def grad_scaler(device: torch.device, enabled: bool):
     return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
 
 
-
-__all__ = [
-    "PRECISIONS",
-    "PrecisionChoice",
-    "autocast",
-    "choose_precision",
-    "grad_scaler",
-    "pick_device",
-]
+__all__ = ["PRECISIONS", "PrecisionChoice", "autocast", "choose_precision", "grad_scaler", "pick_device"]

@@ -1,30 +1,19 @@
 """Training on several processes (GPUs or CPU cores) launched by torchrun, PyTorch's own launcher.
 
-Nothing here starts processes or picks ports: ``torchrun`` does, and passes each process its place
-in the job through environment variables (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
-``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``). These helpers read them, set up the
-process group (NCCL on CUDA GPUs, gloo on CPUs) and supply the pieces a training loop needs::
+``torchrun`` starts the processes and passes each its place in the job through environment
+variables (:data:`LAUNCH_VARIABLES`); these helpers read them, set up the process group (NCCL on
+CUDA GPUs, gloo on CPUs) and supply what a training loop needs::
 
     torchrun --nproc-per-node=4 -m conserviz_utils train --data data/competition --out runs/a
 
     device = setup_distributed()              # cuda:LOCAL_RANK under torchrun on GPUs
     model = wrap_model(model, device)          # DistributedDataParallel
     loader = distributed_loader(dataset, batch_size=32, shuffle=True, seed=0)
-    ...                                        # each process trains on its share of each epoch
     ids, logits, labels = gather_predictions(ids, logits, labels)   # the whole eval set
-    if is_main_process():
-        save_checkpoint(path, unwrap_model(model))
-    teardown_distributed()
 
-Without torchrun every helper falls back to one process: ``rank()`` is 0, ``world_size()`` 1,
-``wrap_model`` returns the model, ``gather_predictions`` returns its arguments. So the same code
-runs in a notebook, in a plain ``python`` process and on eight GPUs.
-
-Batch size. ``batch_size`` is per process, as in PyTorch: on N processes one optimizer step sees
-``N * batch_size`` images (the global batch), and DistributedDataParallel averages the gradients
-over them. A run on 2 processes with batch 16 therefore takes the same steps as a run on one
-process with batch 32 and the same seed (``distributed_loader`` deals the same shuffled order out
-to the processes, whatever their number).
+Without torchrun every helper falls back to one process (rank 0 of 1), so the same code runs in
+a notebook and on eight GPUs. ``batch_size`` is per process: on N processes one step sees N times
+as many images, so 2 processes at batch 16 take the same steps as one at 32 with the same seed.
 """
 
 from __future__ import annotations
@@ -41,24 +30,12 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from conserviz_utils.errors import TrainingError
+from conserviz_utils.runtime.device import pick_device
 
 __all__ = [
-    "LAUNCH_VARIABLES",
-    "any_rank",
-    "barrier",
-    "distributed_loader",
-    "gather_objects",
-    "gather_predictions",
-    "is_distributed",
-    "is_main_process",
-    "launched_by_torchrun",
-    "local_rank",
-    "rank",
-    "setup_distributed",
-    "teardown_distributed",
-    "unwrap_model",
-    "world_size",
-    "wrap_model",
+    "LAUNCH_VARIABLES", "any_rank", "barrier", "distributed_loader", "gather_objects", "gather_predictions",
+    "is_distributed", "is_main_process", "launched_by_torchrun", "local_rank", "rank", "setup_distributed",
+    "teardown_distributed", "unwrap_model", "world_size", "wrap_model",
 ]
 
 #: The environment variables torchrun sets in every process it starts (and that
@@ -72,11 +49,6 @@ _LAUNCH_FIX = (
 )
 
 
-# --------------------------------------------------------------------------------------------
-# Where this process stands
-# --------------------------------------------------------------------------------------------
-
-
 def launched_by_torchrun(environ: Mapping[str, str] | None = None) -> bool:
     """True when this process was started by torchrun (or another launcher that sets ``RANK``)."""
     env = os.environ if environ is None else environ
@@ -84,7 +56,7 @@ def launched_by_torchrun(environ: Mapping[str, str] | None = None) -> bool:
 
 
 def is_distributed() -> bool:
-    """True when a process group is set up (by :func:`setup_distributed`) with more than one process."""
+    """True when a process group of more than one process is set up."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
@@ -122,11 +94,6 @@ def local_rank() -> int:
 def is_main_process() -> bool:
     """True on rank 0, the process that writes checkpoints, logs and submissions."""
     return rank() == 0
-
-
-# --------------------------------------------------------------------------------------------
-# Setting up and tearing down
-# --------------------------------------------------------------------------------------------
 
 
 def _check_launch_environment() -> tuple[int, int, int, int]:
@@ -174,37 +141,25 @@ def setup_distributed(
     device: str | torch.device = "auto",
     timeout_minutes: float = 30.0,
 ) -> torch.device:
-    """Join the process group torchrun launched this process into; return the device to train on.
+    """Join the process group torchrun launched this process into; return its device (``cuda:<LOCAL_RANK>`` or cpu).
 
-    Without torchrun (no ``RANK``/``WORLD_SIZE`` in the environment) nothing is set up and the
-    device is the usual choice (a CUDA GPU if there is one, else the CPU), so single-process
-    code can call this unconditionally. Calling it again returns the same device.
+    Without torchrun nothing is set up and the device is the usual choice, so single-process
+    code can call this unconditionally; calling it again returns the same device.
 
     Args:
         backend: "nccl" (CUDA GPUs) or "gloo" (CPUs); None picks NCCL on CUDA and gloo on CPU.
-        device: "auto" (CUDA when available), "cuda" or "cpu". On CUDA each process takes the
-            GPU of its ``LOCAL_RANK``.
-        timeout_minutes: How long a collective (gather, barrier, gradient all-reduce) may wait
-            for the other processes before failing. Rank 0 alone computing embeddings or
-            writing a large checkpoint must fit inside it.
-
-    Returns:
-        ``cuda:<LOCAL_RANK>`` on GPUs, ``cpu`` on CPUs.
+        timeout_minutes: How long a collective may wait for the other processes: rank 0 alone
+            computing embeddings or writing a large checkpoint must fit inside it.
 
     Raises:
-        TrainingError: the launch is inconsistent: RANK set without MASTER_ADDR (and the other
-            torchrun variables), more processes on this machine than GPUs, NCCL without a GPU,
-            or an unknown backend.
+        TrainingError: the launch is inconsistent (half the torchrun variables, more processes
+            than GPUs, NCCL without a GPU) or the backend unknown.
     """
     if backend is not None and backend not in ("nccl", "gloo"):
         raise TrainingError(f"unknown distributed backend {backend!r}", fix="use 'nccl' (GPUs) or 'gloo' (CPUs)")
     chosen = _training_device(device, backend)
     if not launched_by_torchrun():
-        if chosen.type == "cuda":
-            from conserviz_utils.runtime.device import pick_device
-
-            return pick_device(chosen)
-        return chosen
+        return pick_device(chosen) if chosen.type == "cuda" else chosen
     global_rank, local, world, local_world = _check_launch_environment()
 
     if chosen.type == "cuda":
@@ -255,32 +210,16 @@ def barrier() -> None:
         dist.barrier()
 
 
-# --------------------------------------------------------------------------------------------
-# Model and data
-# --------------------------------------------------------------------------------------------
-
-
 def wrap_model(model: nn.Module, device: str | torch.device, sync_batchnorm: bool = False) -> nn.Module:
-    """Put ``model`` on ``device`` and, when distributed, wrap it in DistributedDataParallel.
+    """Put ``model`` on ``device``, channels-last, and when distributed wrap it in DistributedDataParallel.
 
-    The model is moved to the channels-last layout first (what ``fit`` trains in), so the
-    gradient buckets DDP builds match the gradients' layout.
-
-    Args:
-        model: The model to train; every process must build it the same way.
-        device: This process's device, as :func:`setup_distributed` returned it.
-        sync_batchnorm: Replace BatchNorm layers by SyncBatchNorm, which computes batch
-            statistics over the global batch (CUDA only). Helps when each process's batch is small.
-
-    Returns:
-        The DDP-wrapped model (or ``model`` itself when not distributed). Save
-        ``unwrap_model(model)``, so checkpoints load into an unwrapped model.
+    Channels-last first (what ``fit`` trains in), so DDP's gradient buckets match the gradients'
+    layout. ``sync_batchnorm`` computes BatchNorm statistics over the global batch (CUDA only).
+    Save ``unwrap_model(model)``, so checkpoints load into an unwrapped model.
     """
     device = torch.device(device)
     model.to(device=device, memory_format=torch.channels_last)
-    if not is_distributed():
-        return model
-    if isinstance(model, nn.parallel.DistributedDataParallel):
+    if not is_distributed() or isinstance(model, nn.parallel.DistributedDataParallel):
         return model
     if sync_batchnorm:
         if device.type != "cuda":
@@ -309,23 +248,11 @@ def distributed_loader(
 ) -> DataLoader:
     """A loader over this process's share of ``dataset`` (a DistributedSampler), batched by `collate_images`.
 
-    The order of epoch *e* is a shuffle drawn from ``seed + e`` (the training loop calls
-    ``loader.sampler.set_epoch(e)``; ``fit`` does) and dealt out round-robin: rank *r* of *N*
-    gets positions r, r+N, r+2N, ... So batch *k* of every rank together is batch *k* of a
-    one-process run with *N* times the batch size. When the dataset does not divide evenly, the
-    sampler repeats a few items so every rank has as many batches (``gather_predictions`` drops
-    the repeats from evaluation). Without torchrun it is the same sampler over one process.
-
-    Args:
-        dataset: Usually an `ImagesDataset` (items with "image_id", "image", "label").
-        batch_size: Images per batch on this process (global batch = this x ``world_size()``).
-        shuffle: Reshuffle every epoch (training); False keeps the dataset order (evaluation).
-        seed: Seed of the shuffle; every process must pass the same.
-        num_workers: Decoding processes per training process; None: the machine's cores shared
-            out among the processes on it (at most 4 each).
-        device: Where batches go; CUDA pins memory for faster copies.
-        drop_last: Drop the tail of the dataset that does not divide evenly among the processes,
-            instead of repeating items.
+    Epoch *e*'s order is a shuffle from ``seed + e`` (``fit`` calls ``sampler.set_epoch``) dealt
+    out round-robin, so batch *k* of every rank together is batch *k* of a one-process run with
+    *N* times the batch size. A dataset that does not divide evenly has a few items repeated
+    (``gather_predictions`` drops them), or its tail dropped with ``drop_last``. ``seed`` must be
+    the same on every process; ``num_workers`` None shares the machine's cores among its processes.
     """
     from conserviz_utils.data import default_num_workers, make_loader
 
@@ -340,11 +267,6 @@ def distributed_loader(
         local_processes = max(_env_int("LOCAL_WORLD_SIZE", 1), 1)
         num_workers = default_num_workers() // local_processes if local_processes > 1 else default_num_workers()
     return make_loader(dataset, batch_size, num_workers=num_workers, device=device, seed=seed, sampler=sampler)
-
-
-# --------------------------------------------------------------------------------------------
-# Gathering results
-# --------------------------------------------------------------------------------------------
 
 
 def gather_objects(value: Any) -> list[Any]:
@@ -364,12 +286,7 @@ def _collective_device() -> torch.device:
 
 
 def any_rank(flag: bool) -> bool:
-    """True on every rank when ``flag`` is True on at least one (e.g. "stop: a signal arrived").
-
-    A training loop checks a stop request through this at every batch boundary: a signal reaches
-    the processes at slightly different moments, and a rank that stopped alone would leave the
-    others waiting forever in the next gradient all-reduce.
-    """
+    """True on every rank when ``flag`` is True on at least one (e.g. "stop: a signal arrived")."""
     if not is_distributed():
         return bool(flag)
     value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_collective_device())
@@ -382,19 +299,10 @@ def gather_predictions(
     logits: torch.Tensor,
     labels: torch.Tensor | None = None,
 ) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
-    """Collect every rank's predictions, so the scores are those of the whole eval (or test) set.
+    """Every rank's ``(ids, logits, labels)`` on every rank, in dataset order, each id once (on the CPU).
 
-    The ranks' rows are interleaved back in the order a :func:`distributed_loader` without
-    shuffling dealt them out (the dataset's order), and the items the sampler repeated to even
-    out the ranks are dropped: each id appears once.
-
-    Args:
-        ids: This rank's image ids, one per row of ``logits``.
-        logits: (n, classes) tensor of this rank's outputs (any device; returned on the CPU).
-        labels: This rank's labels (n rows), or None.
-
-    Returns:
-        ``(ids, logits, labels)`` of the whole set, on every rank (as given when not distributed).
+    The rows are interleaved back in the order an unshuffled :func:`distributed_loader` dealt them
+    out, and the items the sampler repeated to even out the ranks are dropped.
     """
     ids = [str(i) for i in ids]
     if len(ids) != len(logits) or (labels is not None and len(labels) != len(ids)):
@@ -406,16 +314,12 @@ def gather_predictions(
         return ids, logits, labels
     local = (ids, logits.detach().cpu(), None if labels is None else labels.detach().cpu())
     parts = gather_objects(local)
-    longest = max(len(part[0]) for part in parts)
-    order = [(r, j) for j in range(longest) for r in range(len(parts)) if j < len(parts[r][0])]
-    seen: set[str] = set()
-    keep: list[tuple[int, int]] = []
-    for r, j in order:
-        image_id = parts[r][0][j]
-        if image_id not in seen:
-            seen.add(image_id)
-            keep.append((r, j))
-    all_ids = [parts[r][0][j] for r, j in keep]
+    first: dict[str, tuple[int, int]] = {}  # each id's first (rank, row), in the order dealt out
+    for j in range(max(len(part[0]) for part in parts)):
+        for r, part in enumerate(parts):
+            if j < len(part[0]):
+                first.setdefault(part[0][j], (r, j))
+    all_ids, keep = list(first), list(first.values())
     columns = logits.shape[1] if logits.dim() == 2 else 0
     if not keep:
         return all_ids, torch.empty((0, columns), dtype=logits.dtype), None if labels is None else labels[:0].cpu()

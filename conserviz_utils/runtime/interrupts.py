@@ -1,9 +1,4 @@
-"""Stop at a batch boundary, not half-way through an update: SIGINT and SIGTERM during training.
-
-The loop in :mod:`conserviz_utils.train` (notebook 04) runs inside :class:`StopSignals`; a request
-to stop becomes :class:`StopRequested` at the next batch boundary (see
-:mod:`conserviz_utils.runtime.session`).
-"""
+"""Stop at a batch boundary, not half-way through an update: SIGINT and SIGTERM during ``fit``."""
 
 from __future__ import annotations
 
@@ -21,10 +16,8 @@ class StopRequested(Exception):
 class StopSignals:
     """Turns SIGINT (Ctrl-C, the notebook's stop button) and SIGTERM into "stop at the next batch".
 
-    Installed only for the duration of ``fit`` and only in the main thread (Python delivers
-    signals there only); the previous handlers are put back afterwards. A second SIGINT raises
-    KeyboardInterrupt at once, except inside :meth:`uninterruptible` (an optimizer step), which
-    always completes so the weights stay consistent.
+    Installed for the duration of ``fit``, in the main thread only (Python delivers signals there).
+    A second SIGINT raises KeyboardInterrupt at once, except inside :meth:`uninterruptible`.
     """
 
     def __init__(self) -> None:

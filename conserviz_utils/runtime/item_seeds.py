@@ -1,13 +1,10 @@
 """Augmentation that draws from (epoch, place in the epoch) alone, so a resumed run redraws it exactly.
 
-``fit`` makes each epoch's shuffle a function of (seed, epoch) and restores the main process's
-random states on resume (:mod:`conserviz_utils.runtime.resume`). Loader workers escape that: each
-worker seeds itself once, from a number drawn when the loader starts, and then draws for whatever
-images it happens to load, so after a resume, in fresh workers, the crops and flips differ and
-so do the weights. :func:`seeded_loader` closes the gap: every training image is transformed
-under a random state seeded from its epoch's shuffle and its place in that epoch, in a forked
-state that leaves the process's own untouched. The result is the same with 0 workers or 8, in
-one process or interrupted and resumed.
+Loader workers seed themselves once, from a number drawn when the loader starts, so after a resume,
+in fresh workers, the crops and flips (and so the weights) would differ. :func:`seeded_loader`
+transforms every training image under a random state seeded from its epoch's shuffle and its place
+in that epoch, forked so the process's own is untouched: the same with 0 workers or 8, in one
+process or interrupted and resumed.
 """
 
 from __future__ import annotations
@@ -25,10 +22,7 @@ __all__ = ["SeededItems", "SeededSampler", "seeded_loader"]
 
 
 class SeededSampler(Sampler):
-    """Wraps a shuffling sampler: yields ``(item seed, index)``, the seed fixed by the epoch's generator.
-
-    Its ``generator`` is the wrapped sampler's, so ``fit``'s per-epoch shuffle seeding reaches it.
-    """
+    """Wraps a shuffling sampler: yields ``(item seed, index)``; ``generator`` is the wrapped one's (fit seeds it)."""
 
     def __init__(self, sampler: Sampler) -> None:
         self.sampler = sampler
@@ -86,23 +80,11 @@ class SeededItems(Dataset):
 
 
 def seeded_loader(loader: DataLoader) -> DataLoader:
-    """The same training loader, its augmentation seeded per image (see the module's docstring).
-
-    A loader that does not shuffle with a generator (an eval loader) is returned as it is.
-    """
+    """The same training loader, its augmentation seeded per image; a loader without a shuffle generator as it is."""
     sampler = loader.sampler
     if loader.batch_size is None or not hasattr(sampler, "generator"):
         return loader
-    return DataLoader(
-        SeededItems(loader.dataset),
-        batch_size=loader.batch_size,
-        sampler=SeededSampler(sampler),
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        drop_last=loader.drop_last,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-        generator=loader.generator,
-        persistent_workers=loader.persistent_workers,
-    )
+    names = ("batch_size", "num_workers", "collate_fn", "pin_memory", "drop_last", "timeout", "worker_init_fn",
+             "generator", "persistent_workers")
+    options = {name: getattr(loader, name) for name in names}
+    return DataLoader(SeededItems(loader.dataset), sampler=SeededSampler(sampler), **options)

@@ -15,7 +15,6 @@ import itertools
 import random
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,11 +23,10 @@ from torch.utils.data import DataLoader, IterableDataset
 
 @dataclass
 class Position:
-    """Where training stands: what an interrupt checkpoint records.
+    """Where training stands: ``epoch`` epochs and ``batch`` batches of the next one done.
 
-    ``epoch`` epochs are complete and ``batch`` batches of the next one; ``rng`` holds the
-    random states to restore, either before the epoch's loader is iterated (``rng_point``
-    "epoch_start") or right after (``"batch"``).
+    ``rng`` holds the random states to restore before the epoch's loader is iterated
+    (``rng_point`` "epoch_start") or right after it (``"batch"``).
     """
 
     epoch: int = 0
@@ -66,17 +64,9 @@ def epoch_batches(loader: Iterable, skip: int) -> Iterator:
         return iter(loader)
     map_style = isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset)
     if map_style and loader.batch_sampler is not None:
-        options: dict[str, Any] = {
-            "num_workers": loader.num_workers,
-            "collate_fn": loader.collate_fn,
-            "pin_memory": loader.pin_memory,
-            "timeout": loader.timeout,
-            "worker_init_fn": loader.worker_init_fn,
-            "multiprocessing_context": loader.multiprocessing_context,
-            "generator": loader.generator,
-            "prefetch_factor": loader.prefetch_factor,
-            "pin_memory_device": loader.pin_memory_device,
-        }
+        names = ("num_workers", "collate_fn", "pin_memory", "timeout", "worker_init_fn", "multiprocessing_context",
+                 "generator", "prefetch_factor", "pin_memory_device")
+        options = {name: getattr(loader, name) for name in names}
         rest = DataLoader(loader.dataset, batch_sampler=SkipBatches(loader.batch_sampler, skip), **options)
         return iter(rest)
     batches = iter(loader)
@@ -175,14 +165,6 @@ def seed_everything(seed: int) -> None:
 
 
 __all__ = [
-    "Position",
-    "ShuffleControl",
-    "SkipBatches",
-    "draw_seed",
-    "epoch_batches",
-    "mixed_seed",
-    "rng_plain",
-    "rng_restore",
-    "rng_snapshot",
-    "seed_everything",
+    "Position", "ShuffleControl", "SkipBatches", "draw_seed", "epoch_batches", "mixed_seed", "rng_plain",
+    "rng_restore", "rng_snapshot", "seed_everything",
 ]

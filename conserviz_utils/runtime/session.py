@@ -1,23 +1,12 @@
-"""One training run's bookkeeping: what the loop in ``train.fit`` calls between its six lines.
+"""One training run's bookkeeping: what the loop in ``train.fit`` (notebook 04) calls between its six lines.
 
-:func:`conserviz_utils.train.fit` (notebook 04) does forward, loss, backward and step itself and
-calls a :class:`Session` at named points: ``running()`` around the loop, ``epochs_left()``,
-``batches()``, ``after_loss(loss)``, ``optimizer_step()`` and ``end_epoch(scores)``. The session
-emits the callbacks' events there and keeps what an exact resume needs:
-
-* the **position**: epochs and batches done, and the random states (torch, numpy, Python, CUDA)
-  at that batch boundary (:mod:`conserviz_utils.runtime.resume`);
-* the **shuffle**: seeded per epoch from (seed, epoch), with the batches a resumed run already
-  did skipped by index;
-* **interrupts**: Ctrl-C or SIGTERM stop at the next batch boundary (every rank at the same one
-  under torchrun), a second Ctrl-C never inside an optimizer step
-  (:mod:`conserviz_utils.runtime.interrupts`);
-* the **checkpoint** of a run: weights, optimizer, grad scaler, history, random states and
-  every callback's ``state_dict``, written by the ``Checkpointer`` callback and read back by
-  :meth:`Session.start`.
-
-A session is what every callback receives as ``trainer`` (see
-:class:`conserviz_utils.callbacks.Trainer`).
+``fit`` does forward, loss, backward and step itself and calls a :class:`Session` at named points:
+``running()``, ``epochs_left()``, ``batches()``, ``after_loss(loss)``, ``optimizer_step()``,
+``end_epoch(scores)``. The session emits the callbacks' events there (it is every callback's
+``trainer``) and keeps what an exact resume needs: the position and random states at each batch
+boundary (`runtime.resume`), the per-epoch shuffle, stops at a batch boundary on every rank
+(`runtime.interrupts`), and the checkpoint that the ``Checkpointer`` callback writes and
+:meth:`Session.start` reads back.
 """
 
 from __future__ import annotations
@@ -113,9 +102,8 @@ class Session:
     def stop_if_asked(self) -> None:
         """At a batch boundary: raise :class:`StopRequested` when any process was asked to stop.
 
-        A signal reaches the ranks of a torchrun job at slightly different moments; if one rank
-        stopped while the others went on, they would wait forever for its gradients. So the
-        ranks share their flag (one tiny all-reduce per batch) and all stop when any was asked to.
+        A signal reaches a torchrun job's ranks at slightly different moments, and the others would
+        wait forever for a stopped rank's gradients: so all stop when any was asked to.
         """
         stop = any_rank(self.stop_requested) if is_distributed() else self.stop_requested
         if not stop:
@@ -162,15 +150,9 @@ class Session:
             yield self.position.epoch
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The epoch's (images, labels) on the device, from the current position; stops at a signal.
+        """The epoch's (images, labels) on the device, from the current position; StopRequested at a signal.
 
-        Before the first batch: the shuffle seeded from (seed, epoch), the batches a resumed run
-        already did skipped, its random states restored, then on_epoch_start. Images that could
-        not be read are noted in ``skipped``; a batch with none left is passed over.
-
-        Raises:
-            StopRequested: at a batch boundary, when a signal asked any process to stop.
-            TrainingError: the loader gave no batches, or not conserviz's batch layout.
+        Unreadable images are noted in ``skipped``; a batch with none left is passed over.
         """
         loader = self.start_epoch()
         self.emit("on_epoch_start")
@@ -368,7 +350,7 @@ class Session:
 
 
 def load_part(path: Path, part: str, target: Any, state: Any) -> None:
-    """Load a saved state (the optimizer's, the scheduler's, a callback's) into ``target``; a clear error if it does not fit."""
+    """Load a saved state (an optimizer's, a scheduler's, a callback's) into ``target``, or say why it does not fit."""
     if state is None or target is None:
         return
     try:

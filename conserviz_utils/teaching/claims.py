@@ -1,9 +1,7 @@
 """Sentences computed from this run's numbers, so the notebooks never claim what their figures deny.
 
-A notebook that says "fine-tuning helped" or "the held-out loss turns up" is right for one run
-and wrong for another (another sample, a quick run, the real data). These helpers write such
-sentences from the numbers instead: ``print(compare("fine-tuned", 1.03, "head only", 1.14))``
-prints "fine-tuned helped here: log loss 1.030 against 1.140 for head only (0.110 lower)."
+``print(compare("fine-tuned", 1.03, "head only", 1.14))`` prints
+"fine-tuned helped here: log loss 1.030 against 1.140 for head only (0.110 lower)."
 """
 
 from __future__ import annotations
@@ -32,22 +30,19 @@ class Comparison:
 
     @property
     def helped(self) -> bool:
-        """True when ``value`` beats ``baseline`` by more than ``tolerance``."""
         return self.difference > self.tolerance
 
     @property
     def verdict(self) -> str:
-        """"helped", "made no real difference" or "did not help", as this run's numbers say."""
+        """"helped", "made no real difference" or "did not help"."""
         if self.helped:
             return "helped"
         return "made no real difference" if abs(self.difference) <= self.tolerance else "did not help"
 
     def __str__(self) -> str:
-        lower, higher = ("lower", "higher") if self.lower_is_better else ("higher", "lower")
-        gap = abs(self.difference)
-        way = lower if self.difference > 0 else higher
+        way = "lower" if (self.difference > 0) == self.lower_is_better else "higher"
         return (f"{self.name} {self.verdict} here: {self.metric} {self.value:.3f} against "
-                f"{self.baseline:.3f} for {self.baseline_name} ({gap:.3f} {way}).")
+                f"{self.baseline:.3f} for {self.baseline_name} ({abs(self.difference):.3f} {way}).")
 
 
 def compare(
@@ -82,7 +77,8 @@ def describe_curve(values: Sequence[float], *, what: str = "the loss", tolerance
     best = min(range(len(points)), key=points.__getitem__)
     start, low, end = points[0], points[best], points[-1]
     if best == len(points) - 1:
-        return f"{what} was still falling at the last epoch: from {start:.3f} to its lowest, {end:.3f}, at epoch {best + 1}."
+        return (f"{what} was still falling at the last epoch: from {start:.3f} to its lowest, {end:.3f}, "
+                f"at epoch {best + 1}.")
     rise = end - low
     if rise <= tolerance:
         return (f"{what} went from {start:.3f} to its lowest, {low:.3f}, at epoch {best + 1}, and stayed "
@@ -92,14 +88,7 @@ def describe_curve(values: Sequence[float], *, what: str = "the loss", tolerance
 
 
 def describe_blank(truth, predicted, *, blank: str = "blank", top: int = 3) -> str:
-    """Say how often ``predicted`` answers blank against ``truth``, and which species it swallows most.
-
-    Args:
-        truth: Each image's true species, a pandas Series indexed by image id.
-        predicted: Each image's predicted species, a Series with the same ids (``probs.idxmax(axis=1)``).
-        blank: The name of the empty-frame class.
-        top: How many swallowed species to name, largest share first.
-    """
+    """Say how often ``predicted`` (species by id) answers blank against ``truth``, and the ``top`` it swallows."""
     predicted = predicted.astype(str)
     truth = truth.reindex(predicted.index)
     if predicted.empty or truth.isna().any():

@@ -1,20 +1,12 @@
 """The exercise build: learner placeholders and solved notebooks from one source, so they cannot drift.
 
-Each notebook with exercises has a source file, ``notebooks/solutions/source/<notebook>.py``,
-holding two cells per exercise, marked ``# %% placeholder <cell id>`` and
-``# %% solution <cell id>`` (editors that know ``# %%`` cells run them one by one):
-
-* the **placeholder** is what the learner gets: a ``# YOUR CODE HERE`` comment and an answer
-  set to ``None``, which runs without error and makes the checker say "not answered yet";
-* the **solution** is the worked answer; it ends by asserting that its checker passed, so running
-  the solved notebook proves every solution right.
-
-``python -m conserviz_utils.teaching.solutions`` (``make solutions``) writes each placeholder into the
-learner notebook's code cell of that id (tagged ``exercise``) and writes the solved copy
-``notebooks/solutions/<notebook>.ipynb``: the learner notebook with every exercise cell replaced
-by its solution (tagged ``solution``) and outputs cleared, except those of the
-``# NBVAL_CHECK_OUTPUT`` cells that nbval compares. Nothing in the build executes code, so it is
-deterministic; ``--check`` writes nothing and exits 1 naming what is out of date.
+``notebooks/solutions/source/<notebook>.py`` holds two cells per exercise, ``# %% placeholder <cell id>``
+(what the learner gets: ``# YOUR CODE HERE`` and an answer set to ``None``) and ``# %% solution <cell id>``
+(the worked answer, asserting that its checker passed). ``make solutions`` writes each placeholder into
+the learner notebook's cell of that id (tagged ``exercise``) and writes ``notebooks/solutions/<notebook>.ipynb``:
+the notebook with every exercise solved (tagged ``solution``) and outputs cleared, except those nbval
+compares (``# NBVAL_CHECK_OUTPUT``). Nothing runs, so the build is deterministic; ``--check`` writes
+nothing and exits 1 naming what is out of date.
 """
 
 from __future__ import annotations
@@ -31,17 +23,8 @@ import nbformat
 from conserviz_utils.errors import ConservizError
 from conserviz_utils.files.fileio import atomic_write_text
 
-__all__ = [
-    "EXERCISE_TAG",
-    "SOLUTION_TAG",
-    "ExerciseBuildError",
-    "ExerciseSource",
-    "build",
-    "main",
-    "parse_sources",
-    "stale_files",
-    "write_build",
-]
+__all__ = ["EXERCISE_TAG", "SOLUTION_TAG", "ExerciseBuildError", "ExerciseSource", "build", "main", "parse_sources",
+           "stale_files", "write_build"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
@@ -70,23 +53,8 @@ class ExerciseSource:
     solution: str
 
 
-def solutions_dir(notebooks_dir: Path) -> Path:
-    """Where the solved copies go."""
-    return notebooks_dir / "solutions"
-
-
-def sources_dir(notebooks_dir: Path) -> Path:
-    """Where the exercise source files live."""
-    return solutions_dir(notebooks_dir) / "source"
-
-
 def parse_sources(path: Path) -> dict[str, ExerciseSource]:
-    """Read one exercise source file into cell id → placeholder and solution.
-
-    Raises:
-        ExerciseBuildError: a marker is repeated or unpaired, a cell is empty, a placeholder
-            lacks ``# YOUR CODE HERE`` or a solution does not check ``.passed``.
-    """
+    """Read one exercise source file into cell id → placeholder and solution, refusing a malformed one."""
     path = Path(path)
     cells: dict[tuple[str, str], list[str]] = {}
     current: list[str] | None = None
@@ -95,18 +63,13 @@ def parse_sources(path: Path) -> dict[str, ExerciseSource]:
         if marker:
             key = (marker["cell"], marker["kind"])
             if key in cells:
-                raise ExerciseBuildError(
-                    f"line {number}: a second {key[1]} for cell {key[0]!r}",
-                    path=path,
-                    fix="keep one placeholder and one solution per exercise cell",
-                )
+                raise ExerciseBuildError(f"line {number}: a second {key[1]} for cell {key[0]!r}", path=path,
+                                         fix="keep one placeholder and one solution per exercise cell")
             current = cells[key] = []
         elif line.startswith("# %%"):
             raise ExerciseBuildError(
-                f"line {number}: {line!r} is not a '# %% placeholder <id>' or "
-                "'# %% solution <id>' marker",
-                path=path,
-                fix="mark each cell '# %% placeholder <cell id>' or '# %% solution <cell id>'",
+                f"line {number}: {line!r} is not a '# %% placeholder <id>' or '# %% solution <id>' marker",
+                path=path, fix="mark each cell '# %% placeholder <cell id>' or '# %% solution <cell id>'",
             )
         elif current is not None:
             current.append(line)
@@ -115,28 +78,17 @@ def parse_sources(path: Path) -> dict[str, ExerciseSource]:
         texts = {}
         for kind in ("placeholder", "solution"):
             if (cell, kind) not in cells:
-                raise ExerciseBuildError(
-                    f"cell {cell!r} has no {kind}",
-                    path=path,
-                    fix=f"add a '# %% {kind} {cell}' cell",
-                )
+                raise ExerciseBuildError(f"cell {cell!r} has no {kind}", path=path,
+                                         fix=f"add a '# %% {kind} {cell}' cell")
             texts[kind] = "\n".join(cells[(cell, kind)]).strip("\n")
             if not texts[kind].strip():
-                raise ExerciseBuildError(
-                    f"the {kind} of cell {cell!r} is empty", path=path, fix="write its code"
-                )
+                raise ExerciseBuildError(f"the {kind} of cell {cell!r} is empty", path=path, fix="write its code")
         if PLACEHOLDER_MARK not in texts["placeholder"]:
-            raise ExerciseBuildError(
-                f"the placeholder of cell {cell!r} does not say {PLACEHOLDER_MARK!r}",
-                path=path,
-                fix=f"start it with a {PLACEHOLDER_MARK!r} comment saying what to write",
-            )
+            raise ExerciseBuildError(f"the placeholder of cell {cell!r} does not say {PLACEHOLDER_MARK!r}", path=path,
+                                     fix=f"start it with a {PLACEHOLDER_MARK!r} comment saying what to write")
         if SOLUTION_PROOF not in texts["solution"]:
-            raise ExerciseBuildError(
-                f"the solution of cell {cell!r} does not assert that its check passed",
-                path=path,
-                fix="end it with: result = check_...(...); assert result.passed, result",
-            )
+            raise ExerciseBuildError(f"the solution of cell {cell!r} does not assert that its check passed", path=path,
+                                     fix="end it with: result = check_...(...); assert result.passed, result")
         sources[cell] = ExerciseSource(texts["placeholder"], texts["solution"])
     return sources
 
@@ -150,27 +102,19 @@ def _exercise_cells(notebook, path: Path, sources: dict[str, ExerciseSource], so
     cells = {cell["id"]: cell for cell in notebook.cells if EXERCISE_TAG in _tags(cell)}
     for cell in cells.values():
         if cell.cell_type != "code":
-            raise ExerciseBuildError(
-                f"cell {cell['id']!r} is tagged {EXERCISE_TAG!r} but is {cell.cell_type}",
-                path=path,
-                fix="tag only code cells as exercises",
-            )
+            raise ExerciseBuildError(f"cell {cell['id']!r} is tagged {EXERCISE_TAG!r} but is {cell.cell_type}",
+                                     path=path, fix="tag only code cells as exercises")
     missing = [cell for cell in sources if cell not in cells]
     if missing:
         raise ExerciseBuildError(
-            f"no code cell tagged {EXERCISE_TAG!r} has the id(s) {', '.join(missing)} of "
-            f"{source_path.name}",
-            path=path,
-            fix="add the exercise cells to the notebook (tag 'exercise', those ids), or remove "
-            "them from the source file",
+            f"no code cell tagged {EXERCISE_TAG!r} has the id(s) {', '.join(missing)} of {source_path.name}", path=path,
+            fix="add the exercise cells to the notebook (tag 'exercise', those ids), or remove them from the source "
+            "file",
         )
     unsourced = [cell for cell in cells if cell not in sources]
     if unsourced:
-        raise ExerciseBuildError(
-            f"exercise cell(s) {', '.join(unsourced)} have no placeholder and solution",
-            path=source_path,
-            fix="add a placeholder and a solution for them to this source file",
-        )
+        raise ExerciseBuildError(f"exercise cell(s) {', '.join(unsourced)} have no placeholder and solution",
+                                 path=source_path, fix="add a placeholder and a solution for them to this source file")
     return cells
 
 
@@ -193,11 +137,10 @@ def _solved_copy(notebook, name: str, sources: dict[str, ExerciseSource]):
             if "execution_count" in output:
                 output["execution_count"] = cell.execution_count
     banner = nbformat.v4.new_markdown_cell(
-        f"**Solved copy of `{name}.ipynb`** — every exercise below holds a worked answer "
-        f"(cells tagged `{SOLUTION_TAG}`) that asserts its check passed. This file is generated "
-        f"by `make solutions` from `notebooks/{name}.ipynb` and "
-        f"`notebooks/solutions/source/{name}.py`: edit those, never this copy. Run it top to "
-        "bottom like the original."
+        f"**Solved copy of `{name}.ipynb`** — every exercise below holds a worked answer (cells tagged "
+        f"`{SOLUTION_TAG}`) that asserts its check passed. This file is generated by `make solutions` from "
+        f"`notebooks/{name}.ipynb` and `notebooks/solutions/source/{name}.py`: edit those, never this copy. Run it "
+        "top to bottom like the original."
     )
     banner["id"] = _BANNER_ID
     solved.cells.insert(0, banner)
@@ -205,25 +148,16 @@ def _solved_copy(notebook, name: str, sources: dict[str, ExerciseSource]):
 
 
 def build(notebooks_dir: Path = NOTEBOOKS_DIR) -> dict[Path, nbformat.NotebookNode]:
-    """Every notebook the build writes: the learner notebooks with their placeholders, the solved copies.
-
-    Returns:
-        Path → notebook, in a stable order.
-
-    Raises:
-        ExerciseBuildError: a source file has no notebook, or they disagree on the exercises.
-    """
+    """Path → notebook the build writes (learner notebooks with placeholders, solved copies), in a stable order."""
     notebooks_dir = Path(notebooks_dir)
+    solutions, sources_dir = notebooks_dir / "solutions", notebooks_dir / "solutions" / "source"
     outputs: dict[Path, nbformat.NotebookNode] = {}
-    for source_path in sorted(sources_dir(notebooks_dir).glob("*.py")):
+    for source_path in sorted(sources_dir.glob("*.py")):
         name = source_path.stem
         path = notebooks_dir / f"{name}.ipynb"
         if not path.is_file():
-            raise ExerciseBuildError(
-                f"the exercise source {source_path.name} has no notebook {path.name}",
-                path=source_path,
-                fix="name the source file after its notebook, or remove it",
-            )
+            raise ExerciseBuildError(f"the exercise source {source_path.name} has no notebook {path.name}",
+                                     path=source_path, fix="name the source file after its notebook, or remove it")
         sources = parse_sources(source_path)
         notebook = nbformat.read(path, as_version=4)
         cells = _exercise_cells(notebook, path, sources, source_path)
@@ -234,59 +168,43 @@ def build(notebooks_dir: Path = NOTEBOOKS_DIR) -> dict[Path, nbformat.NotebookNo
                 cell.outputs = []  # an output of other code would mislead
                 cell.execution_count = None
         outputs[path] = notebook
-        outputs[solutions_dir(notebooks_dir) / path.name] = _solved_copy(notebook, name, sources)
-    unsourced = [
-        path.name
-        for path in sorted(notebooks_dir.glob("*.ipynb"))
-        if path not in outputs
-        and any(EXERCISE_TAG in _tags(c) for c in nbformat.read(path, as_version=4).cells)
-    ]
+        outputs[solutions / path.name] = _solved_copy(notebook, name, sources)
+    unsourced = [path.name for path in sorted(notebooks_dir.glob("*.ipynb")) if path not in outputs
+                 and any(EXERCISE_TAG in _tags(c) for c in nbformat.read(path, as_version=4).cells)]
     if unsourced:
         raise ExerciseBuildError(
-            f"{', '.join(unsourced)} tag exercise cells but have no exercise source file",
-            path=sources_dir(notebooks_dir),
+            f"{', '.join(unsourced)} tag exercise cells but have no exercise source file", path=sources_dir,
             fix="add notebooks/solutions/source/<notebook>.py with their placeholders and solutions",
         )
     return outputs
 
 
+def _stale(built: dict[Path, nbformat.NotebookNode]) -> list[Path]:
+    # Compared as parsed notebooks, so a save with another JSON layout is not "stale".
+    return [path for path, notebook in built.items()
+            if (nbformat.read(path, as_version=4) if path.is_file() else None) != notebook]
+
+
 def stale_files(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
     """The notebooks whose content on disk differs from what the build would write."""
-    stale = []
-    for path, notebook in build(notebooks_dir).items():
-        # Compared as parsed notebooks, so a save with another JSON layout is not "stale".
-        on_disk = nbformat.read(path, as_version=4) if path.is_file() else None
-        if on_disk != notebook:
-            stale.append(path)
-    return stale
+    return _stale(build(notebooks_dir))
 
 
 def write_build(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
-    """Write what the build produces where it differs from the files on disk.
-
-    Returns:
-        The paths written (unchanged files are left alone, their times too).
-    """
-    written = []
+    """Write what the build produces where it differs from the files on disk; returns the paths written."""
     built = build(notebooks_dir)
-    stale = set(stale_files(notebooks_dir))
-    for path, notebook in built.items():
-        if path in stale:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, nbformat.writes(notebook) + "\n", what="notebook")
-            written.append(path)
+    written = _stale(built)
+    for path in written:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, nbformat.writes(built[path]) + "\n", what="notebook")
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
     """Write the placeholders and the solved copies (``--check``: only say what is stale)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--check", action="store_true", help="write nothing; exit 1 if a file is out of date"
-    )
-    parser.add_argument(
-        "--notebooks", type=Path, default=NOTEBOOKS_DIR, help="the notebooks folder"
-    )
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is out of date")
+    parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS_DIR, help="the notebooks folder")
     args = parser.parse_args(argv)
     try:
         if args.check:

@@ -1,11 +1,7 @@
 """The outputs stored in the committed notebooks: copied from one executed run, paths made relative.
 
-``make stored-outputs`` runs the whole course once on the quick sample into one output folder
-(``outputs/stored``), then ``python -m conserviz_utils.teaching.stored_outputs outputs/stored/executed``
-copies each executed cell's outputs into the notebook of the same name, cell by cell (matched by
-cell id, and only where the source is the same), and rebuilds the solved copies. So every
-committed output comes from the same run, and what a reader sees names ``outputs/stored/...``
-rather than the folder of the machine that ran it.
+``make stored-outputs`` runs the course once on the quick sample, then this module copies each executed
+cell's outputs into the notebook cell of the same id and source, and rebuilds the solved copies.
 """
 
 from __future__ import annotations
@@ -35,12 +31,7 @@ def relative_paths(value, root: str):
 
 def store_outputs(executed_dir: Path, notebooks_dir: Path = NOTEBOOKS_DIR,
                   project_root: Path = PROJECT_ROOT) -> list[Path]:
-    """Copy the outputs of the executed notebooks into the notebooks; returns the notebooks written.
-
-    Raises:
-        ConservizError: an executed copy is missing, or a cell's source differs from the
-            notebook's (the run is older than the notebook: run it again).
-    """
+    """Copy the outputs of the executed notebooks into the notebooks; returns the notebooks written."""
     updated = {}
     root = str(Path(project_root).resolve())
     for path in sorted(Path(notebooks_dir).glob("*.ipynb")):

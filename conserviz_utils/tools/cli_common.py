@@ -22,11 +22,6 @@ class UsageError(Exception):
     """A command line that cannot run as given (exit status 2, like argparse's own errors)."""
 
 
-# --------------------------------------------------------------------------------------------
-# Output: what the user sees
-# --------------------------------------------------------------------------------------------
-
-
 @dataclasses.dataclass
 class Console:
     """Where the command's messages go: stdout unless --quiet, and only on rank 0 under torchrun."""
@@ -41,7 +36,6 @@ class Console:
         return not self.quiet and self.main_process
 
     def say(self, text: str = "") -> None:
-        """One line of the command's report."""
         if not self.quiet and self.main_process:
             print(text, flush=True)
 
@@ -49,11 +43,6 @@ class Console:
         """A line shown with --verbose only."""
         if self.verbose and self.main_process:
             print(text, flush=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Shared steps
-# --------------------------------------------------------------------------------------------
 
 
 def data_folder(args: argparse.Namespace) -> Path:
@@ -83,16 +72,9 @@ def course_settings(out: Path, data: Path | None, recipe: Recipe):
     """The CourseSettings the course's helpers expect, for this output folder and recipe."""
     from conserviz_utils.course.settings import CourseSettings
 
-    return CourseSettings(
-        data_dir=data,
-        output_dir=out,
-        arch=recipe.arch,
-        epochs=recipe.fine_tune_epochs,
-        head_epochs=recipe.head_epochs,
-        batch_size=recipe.batch_size,
-        seed=recipe.seed,
-        max_train_images=recipe.max_train_images,
-    )
+    return CourseSettings(data_dir=data, output_dir=out, arch=recipe.arch, epochs=recipe.fine_tune_epochs,
+                          head_epochs=recipe.head_epochs, batch_size=recipe.batch_size, seed=recipe.seed,
+                          max_train_images=recipe.max_train_images)
 
 
 def load_data(folder: Path, console: Console):

@@ -8,14 +8,7 @@ from pathlib import Path
 
 from conserviz_utils.course.recipe import Recipe
 from conserviz_utils.errors import CheckpointError
-from conserviz_utils.tools.cli_common import (
-    EXIT_OK,
-    Console,
-    UsageError,
-    course_settings,
-    data_folder,
-    load_data,
-)
+from conserviz_utils.tools.cli_common import EXIT_OK, Console, course_settings, data_folder, load_data
 
 
 def run_recipe(out: Path, checkpoint: Path) -> Recipe:
@@ -38,14 +31,16 @@ def checkpoint_path(args: argparse.Namespace) -> Path:
     return path
 
 
-def _inference_settings(args: argparse.Namespace, data_dir: Path, checkpoint: Path):
+def _inference_inputs(args: argparse.Namespace, console: Console):
+    """The data, the course settings (with --batch-size) and the checkpoint's path of a command that predicts."""
+    data_dir = data_folder(args)
+    checkpoint = checkpoint_path(args)
+    data = load_data(data_dir, console)
     recipe = run_recipe(args.out, checkpoint)
     if args.inference_batch_size is not None:
-        if args.inference_batch_size < 1:
-            raise UsageError("argument --batch-size: must be at least 1")
         # prediction_loader uses twice the training batch: halve to get what was asked for.
         recipe = recipe.replace(batch_size=max(1, math.ceil(args.inference_batch_size / 2)))
-    return course_settings(args.out, data_dir, recipe)
+    return data, course_settings(args.out, data_dir, recipe), checkpoint
 
 
 def _temperature(args: argparse.Namespace, checkpoint: Path, console: Console) -> float:
@@ -68,10 +63,7 @@ def _predict_test(args: argparse.Namespace, console: Console):
     from conserviz_utils.course.predictions import prediction_loader
     from conserviz_utils.inference import predict
 
-    data_dir = data_folder(args)
-    checkpoint = checkpoint_path(args)
-    data = load_data(data_dir, console)
-    settings = _inference_settings(args, data_dir, checkpoint)
+    data, settings, checkpoint = _inference_inputs(args, console)
     model, _ = load_checkpoint(checkpoint, device="auto", species=data.species)
     temperature = _temperature(args, checkpoint, console)
     loader = prediction_loader(model, data.test_features, settings)
@@ -92,10 +84,7 @@ def run_evaluate(args: argparse.Namespace, console: Console) -> int:
     from conserviz_utils.inference import predict_logits
     from conserviz_utils.tools.run_folder import metrics_record
 
-    data_dir = data_folder(args)
-    checkpoint = checkpoint_path(args)
-    data = load_data(data_dir, console)
-    settings = _inference_settings(args, data_dir, checkpoint)
+    data, settings, checkpoint = _inference_inputs(args, console)
     split = ensure_splits(data, settings)
     model, _ = load_checkpoint(checkpoint, device="auto", species=data.species)
     loader = prediction_loader(model, data.train_features.loc[split.eval], settings)
@@ -124,11 +113,7 @@ def run_predict(args: argparse.Namespace, console: Console) -> int:
 
 def run_submit(args: argparse.Namespace, console: Console) -> int:
     """``conserviz submit``: a validated OUT/submission.csv."""
-    from conserviz_utils.submission import (
-        make_submission,
-        read_submission,
-        write_submission,
-    )
+    from conserviz_utils.submission import make_submission, read_submission, write_submission
 
     if args.predictions is not None:
         data = load_data(data_folder(args), console)

@@ -14,14 +14,7 @@ from pathlib import Path
 from conserviz_utils.course.recipe import Recipe
 from conserviz_utils.errors import CheckpointError
 from conserviz_utils.tools.cli_common import (
-    EXIT_BY_SIGNAL,
-    EXIT_OK,
-    Console,
-    UsageError,
-    course_settings,
-    data_folder,
-    load_data,
-    recipe_from_args,
+    EXIT_BY_SIGNAL, EXIT_OK, Console, UsageError, course_settings, data_folder, load_data, recipe_from_args,
 )
 
 
@@ -109,12 +102,7 @@ def _fine_tune(args, console: Console, recipe: Recipe, settings, data, split, de
     from conserviz_utils.course.steps import fine_tune, keep_better_stage, make_loaders
     from conserviz_utils.models import build_model, unfreeze
     from conserviz_utils.runtime.item_seeds import seeded_loader
-    from conserviz_utils.tools.run_folder import (
-        check_start_model,
-        finish_resume,
-        prepare_resume,
-        resume_provenance,
-    )
+    from conserviz_utils.tools.run_folder import check_start_model, finish_resume, prepare_resume, resume_provenance
 
     artifacts = settings.artifacts
     head_log_loss = math.inf
@@ -134,7 +122,7 @@ def _fine_tune(args, console: Console, recipe: Recipe, settings, data, split, de
                     "(--stage both trains the head first)")
         model = build_model(recipe.arch, pretrained=args.pretrained, progress=console.progress)
     head_state = copy.deepcopy(model.state_dict())
-    train_loader, eval_loader = make_loaders(data, split, recipe, model)
+    train_loader, eval_loader = make_loaders(data, split, recipe, model, image_cache=artifacts.images)
     resume = args.resume and artifacts.resume.is_file()
     if args.resume and not resume:
         console.say(f"nothing to resume ({artifacts.resume} is missing): starting fine-tuning afresh")
@@ -183,13 +171,8 @@ def _fine_tune(args, console: Console, recipe: Recipe, settings, data, split, de
 
 def _cross_validate(args: argparse.Namespace, console: Console, recipe: Recipe, data_dir: Path) -> int:
     """``train --folds K``: one head per site-grouped fold on cached embeddings (conserviz_utils.climb.cv)."""
-    import importlib.util
-
     if args.folds < 2:
         raise UsageError("argument --folds: needs at least 2 folds")
-    if importlib.util.find_spec("conserviz_utils.climb.cv") is None:
-        raise UsageError("argument --folds: cross-validation is not available in this version of "
-                         "conserviz (no conserviz_utils.climb.cv); train on one split without --folds")
     if args.stage not in (None, "head"):
         raise UsageError("argument --folds: cross-validation trains heads on embeddings, not --stage "
                          f"{args.stage} (leave --stage out, or use --stage head)")
@@ -209,15 +192,13 @@ def _cross_validate(args: argparse.Namespace, console: Console, recipe: Recipe, 
     result = cross_validate(model.head, embeddings, data.train_labels, folds, features=data.train_features,
                             recipe=recipe, species=data.species, progress=console.progress)
     predictions = result.predict(embeddings, test_embeddings)
-    out = args.out
+    out, summary = args.out, result.summary()
     atomic_write_csv(out / "cv_scores.csv", result.scores, what="cross-validation scores")
-    atomic_write_json(out / "cv_summary.json", result.summary(), what="cross-validation summary")
+    atomic_write_json(out / "cv_summary.json", summary, what="cross-validation summary")
     atomic_write_csv(out / "cv_oof_predictions.csv", predictions.oof_probs(), what="out-of-fold predictions")
-    test_path = atomic_write_csv(out / "cv_test_predictions.csv", predictions.test_probs(),
-                                 what="test predictions")
+    test_path = atomic_write_csv(out / "cv_test_predictions.csv", predictions.test_probs(), what="test predictions")
     # No checkpoint here: the recipe goes beside the CV's files, not over a trained model's recipe.toml.
     recipe.save_toml(out / "cv_recipe.toml")
-    summary = result.summary()
     console.say(f"{summary['folds']}-fold cross-validation by site: out-of-fold log loss {summary['log_loss']:.4f} "
                 f"(folds {summary['fold_mean']:.4f} ± {summary['fold_std']:.4f}), accuracy {summary['accuracy']:.3f}")
     console.say(f"test predictions of all {len(result.heads)} heads, averaged → {test_path}")
@@ -232,8 +213,6 @@ def _relaunch_under_torchrun(devices: int, argv: Sequence[str], device: str, con
 
     from conserviz_utils.runtime.cpu import available_cpus
 
-    if devices < 1:
-        raise UsageError("argument --devices: must be at least 1")
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         gpus = torch.cuda.device_count()
         if devices > gpus:

@@ -1,10 +1,4 @@
-"""What the headless course runner prints: notebooks, section headings and throttled progress bars.
-
-The runner (:mod:`conserviz_utils.tools.runner`) feeds a `ProgressReporter` with each markdown
-cell, each code cell it starts, and the kernel's stderr and progress widgets; the reporter
-turns them into one ``[course]`` line at a time, at most one progress bar every few seconds and
-a "still running" line after a long silence.
-"""
+"""What the headless course runner prints: notebooks, section headings and throttled progress bars."""
 
 from __future__ import annotations
 
@@ -52,37 +46,26 @@ def first_line(source: str, width: int = 70) -> str:
 
 
 class ProgressReporter:
-    """The runner's terminal lines: notebooks, section headings, and throttled progress bars.
+    """Turns the runner's cells, stderr and progress widgets into ``[course]`` lines.
 
     Args:
         write: Called with each line (default: print to stdout, flushed).
         interval: Seconds between two progress-bar lines; a cell shorter than this shows none.
         heartbeat: Seconds of silence in a running cell before a "still running" line.
-        clock: The time source (a fake one in tests).
     """
 
-    def __init__(
-        self,
-        write: Callable[[str], None] | None = None,
-        interval: float = 5.0,
-        heartbeat: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, write: Callable[[str], None] | None = None, interval: float = 5.0, heartbeat: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.write = write or (lambda line: print(line, flush=True))
-        self.interval = interval
-        self.heartbeat = heartbeat
-        self.clock = clock
+        self.interval, self.heartbeat, self.clock = interval, heartbeat, clock
         self.notebook: str | None = None
         self.section: str | None = None
         self.cell_index: int | None = None
-        self.cell_source = ""
-        self.cell_start_time = clock()
-        self.last_line = clock()
+        self.cell_source = self.unfinished_line = ""
+        self.cell_start_time = self.last_line = clock()
         self.last_bar = float("-inf")
-        self.unfinished_line = ""
 
     def line(self, text: str) -> None:
-        """Write one line, prefixed like every line of the runner."""
         self.last_line = self.clock()
         self.write(f"[course] {text}")
 
@@ -108,8 +91,7 @@ class ProgressReporter:
     def progress_text(self, text: str) -> None:
         """Forward the latest progress bar in ``text`` (a chunk of stderr), throttled.
 
-        The kernel sends stderr in chunks that may cut a line anywhere, so only complete lines
-        (ended by the carriage return or newline tqdm writes before the next state) are read.
+        Chunks may cut a line anywhere: only lines ended by tqdm's carriage return or a newline are read.
         """
         pieces = re.split(r"[\r\n]", self.unfinished_line + text)
         self.unfinished_line = pieces.pop()[-2000:]

@@ -1,9 +1,7 @@
-"""The kernels of the headless course runner: watched, stopped, shut down, and why one died.
+"""The runner's kernels: memory watched once a second, interrupted then killed, and why one died.
 
-The runner (:mod:`conserviz_utils.tools.runner`) samples the running kernel's memory about once
-a second, interrupts it and then kills its process group when the run is stopped, and, when a
-kernel dies, names the likely cause from its exit status, its peak memory, the free disk and
-the last lines it wrote to stderr.
+The likely cause of a death comes from the exit status, the peak memory, the free disk and the
+last lines the kernel wrote to stderr.
 """
 
 from __future__ import annotations
@@ -19,17 +17,8 @@ from pathlib import Path
 from conserviz_utils.tools.course_progress import ProgressReporter
 
 __all__ = [
-    "KernelWatch",
-    "StopRequest",
-    "find_kernel_process",
-    "kill_process_group",
-    "likely_cause",
-    "shut_down",
-    "size_text",
-    "stderr_tail",
-    "stop_kernel",
-    "watch_kernel",
-    "why_it_died",
+    "KernelWatch", "StopRequest", "find_kernel_process", "kill_process_group", "likely_cause", "shut_down",
+    "size_text", "stderr_tail", "stop_kernel", "watch_kernel", "why_it_died",
 ]
 
 # A disk with less free space than this when a kernel dies is the likely culprit.
@@ -38,32 +27,14 @@ LOW_DISK_BYTES = 512 * 1024**2
 HIGH_MEMORY_SHARE = 0.75
 
 
-def likely_cause(
-    exit_code: int | None,
-    *,
-    peak_memory: int | None = None,
-    total_memory: int | None = None,
-    disk_free: int | None = None,
-    output_dir: Path | None = None,
-    stderr: str = "",
-) -> tuple[str, str]:
-    """The likely cause of a kernel's death and what to do, matched to its exit status.
+def likely_cause(exit_code: int | None, *, peak_memory: int | None = None, total_memory: int | None = None,
+                 disk_free: int | None = None, output_dir: Path | None = None, stderr: str = "") -> tuple[str, str]:
+    """(cause, fix) of a kernel's death, matched to its exit status (negative: the signal that ended it).
 
-    SIGKILL (-9, or 137 from a shell) is most often the system running out of memory (or a
-    full disk, when the kernel used little memory and the disk is nearly full); SIGBUS a full
-    disk under a memory-mapped file; status 1 an error in the kernel process itself, which its
-    stderr shows; any other signal or status is named as it is, never blamed on memory.
-
-    Args:
-        exit_code: The kernel process's return code (negative: the signal that ended it).
-        peak_memory: The most memory the kernel (with its workers) used, in bytes, if measured.
-        total_memory: The machine's memory in bytes, if known.
-        disk_free: Free bytes on the disk of ``output_dir``, if known.
-        output_dir: The course's output folder.
-        stderr: The last lines the kernel process wrote to its stderr (`stderr_tail`).
-
-    Returns:
-        (cause, fix): two short sentences for the error message.
+    SIGKILL (-9, or 137 from a shell) is most often the system running out of memory (or a full
+    disk, when the kernel used little memory and the disk is nearly full); SIGBUS a full disk under
+    a memory-mapped file; status 1 an error of the kernel process, which ``stderr`` (`stderr_tail`)
+    shows; any other signal or status is named as it is, never blamed on memory. Sizes are in bytes.
     """
     memory = ""
     if peak_memory and total_memory:
@@ -80,16 +51,11 @@ def likely_cause(
         high = peak_memory and total_memory and peak_memory > HIGH_MEMORY_SHARE * total_memory
         if low_disk and not high:
             return f"it was killed (SIGKILL); {disk}: disk full?", disk_fix
-        return f"it was killed (SIGKILL), most often by the system running out of memory{memory}: out of memory?", (
-            memory_fix
-        )
+        cause = f"it was killed (SIGKILL), most often by the system running out of memory{memory}: out of memory?"
+        return cause, memory_fix
     if signum is not None and signum == getattr(signal, "SIGBUS", None):
-        return (
-            "it crashed with SIGBUS, which usually means a full disk under a memory-mapped file"
-            + (f"; {disk}" if disk else "")
-            + ": disk full?",
-            disk_fix,
-        )
+        cause = "it crashed with SIGBUS, which usually means a full disk under a memory-mapped file"
+        return cause + (f"; {disk}" if disk else "") + ": disk full?", disk_fix
     if low_disk:
         return f"it ended with status {exit_code}; {disk}: disk full?", disk_fix
     if signum is not None:
@@ -237,9 +203,7 @@ async def shut_down(client, manager, watch: KernelWatch, now: bool) -> None:
     kill_process_group(watch.pgid)  # DataLoader workers a killed kernel may have left behind
 
 
-async def why_it_died(
-    watch: KernelWatch, output_dir: Path, stderr_file: Path, *, dead: bool = False
-) -> tuple[str, str] | None:
+async def why_it_died(watch: KernelWatch, output_dir: Path, stderr_file: Path, *, dead: bool = False):
     """`likely_cause` of a kernel that exited (or is known ``dead``), from the machine; else None."""
     exit_code = None
     find_kernel_process(watch)
@@ -251,11 +215,5 @@ async def why_it_died(
     disk_free = None
     with contextlib.suppress(OSError):
         disk_free = shutil.disk_usage(output_dir if output_dir.exists() else stderr_file.parent).free
-    return likely_cause(
-        exit_code,
-        peak_memory=watch.peak_memory,
-        total_memory=total_memory(),
-        disk_free=disk_free,
-        output_dir=output_dir,
-        stderr=stderr_tail(stderr_file),
-    )
+    return likely_cause(exit_code, peak_memory=watch.peak_memory, total_memory=total_memory(), disk_free=disk_free,
+                        output_dir=output_dir, stderr=stderr_tail(stderr_file))

@@ -1,41 +1,22 @@
 """What a ``conserviz`` run folder holds, checked by the one staleness rule before a command uses it.
 
-The notebooks' ``ensure_*`` steps rebuild an artifact whose provenance record no longer matches
-(:func:`conserviz_utils.course.provenance.check_matches`). The command line asks the same rule,
-but where rebuilding would be wrong it refuses instead, naming the flags that fix it:
-
-* ``train --stage finetune`` starts from OUT/model.pt only when that head was trained on this
-  data, this split and this architecture; otherwise its eval log loss would be compared with a
-  fine-tuning on other data.
-* ``train --resume`` continues OUT/fine_tune_resume.pt only when its record names this data,
-  split, recipe and starting model. A run that finishes deletes the state, so nothing is left
-  that a later run could take for its own.
-* ``predict`` and ``submit`` divide by a temperature only when the metrics it comes from were
-  computed for that very checkpoint (by content, not by modification time).
+Where the notebooks' ``ensure_*`` steps rebuild an artifact whose provenance record no longer matches
+(:func:`conserviz_utils.course.provenance.check_matches`), the command line refuses, naming the flags
+that fix it: ``train --stage finetune`` starts only from a head of this data, split and architecture;
+``train --resume`` continues only a state of this data, split, recipe and starting model (a finished
+run deletes it); ``predict`` and ``submit`` use a temperature fitted for that very checkpoint (by content).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from conserviz_utils.course.provenance import (
-    check_matches,
-    make_provenance,
-    remove_with_sidecar,
-    write_sidecar,
-)
+from conserviz_utils.course.provenance import check_matches, make_provenance, remove_with_sidecar, write_sidecar
 from conserviz_utils.course.recipe import Recipe
 from conserviz_utils.errors import CheckpointError
 
-__all__ = [
-    "METRICS_MODEL_INPUT",
-    "check_start_model",
-    "finish_resume",
-    "metrics_record",
-    "model_temperature",
-    "prepare_resume",
-    "resume_provenance",
-]
+__all__ = ["METRICS_MODEL_INPUT", "check_start_model", "finish_resume", "metrics_record", "model_temperature",
+           "prepare_resume", "resume_provenance"]
 
 #: The name under which a metrics record lists the checkpoint it scored (``course.results``' too).
 METRICS_MODEL_INPUT = "model.pt"
@@ -50,14 +31,9 @@ def _split_fingerprint(split) -> str:
 
 
 def check_start_model(path: Path, data, split, recipe: Recipe, pretrained: bool, command: str) -> None:
-    """Refuse to fine-tune a model.pt trained on other data, another split or another architecture.
+    """Refuse (CheckpointError) to fine-tune a model.pt trained on other data, split or architecture.
 
-    Args:
-        path: OUT/model.pt.
-        command: The command line that trains a head for this data (the fix names it).
-
-    Raises:
-        CheckpointError: the record is missing or names other data, split or settings.
+    ``command`` is the command line that trains a head for this data (the fix names it).
     """
     expected = make_provenance(
         data=data, data_part="train",
@@ -81,20 +57,15 @@ def resume_provenance(data, split, recipe: Recipe, pretrained: bool, start: Path
 
 
 def prepare_resume(path: Path, expected: dict, resume: bool, write: bool = True) -> bool:
-    """Check the resume state before ``--resume`` continues it, or clear it for a fresh start.
+    """Check the resume state before ``--resume`` continues it, or clear it for a fresh start; returns ``resume``.
 
     Args:
-        path: OUT/fine_tune_resume.pt.
         expected: :func:`resume_provenance` of this run.
         resume: ``--resume`` was given and the state exists.
         write: This process writes files (rank 0 under torchrun).
 
-    Returns:
-        ``resume``: whether fit continues from ``path``.
-
     Raises:
-        CheckpointError: the state belongs to another run (other data, split, recipe or
-            starting model), or it is damaged; the fix says how to start over.
+        CheckpointError: the state belongs to another run, or it is damaged; the fix says how to start over.
     """
     from conserviz_utils.runtime.checkpoint import resume_state
 
@@ -102,20 +73,14 @@ def prepare_resume(path: Path, expected: dict, resume: bool, write: bool = True)
     if resume:
         ok, reason = check_matches(path, expected)
         if not ok:
-            raise CheckpointError(
-                f"cannot resume: {reason}",
-                path=path,
-                fix=f"{start_over} (the state is replaced), or resume with the --data, --out and flags "
-                "of the run that was stopped",
-            )
+            raise CheckpointError(f"cannot resume: {reason}", path=path,
+                                  fix=f"{start_over} (the state is replaced), or resume with the --data, --out and "
+                                  "flags of the run that was stopped")
         try:
             resume_state(path)
         except CheckpointError as err:
-            raise CheckpointError(
-                f"cannot resume from this fine-tuning state: {err.problem}",
-                path=path,
-                fix=f"delete {path} or {start_over}",
-            ) from None
+            raise CheckpointError(f"cannot resume from this fine-tuning state: {err.problem}", path=path,
+                                  fix=f"delete {path} or {start_over}") from None
         return True
     if write:
         # An earlier run's state must not survive under this run's record.
@@ -136,11 +101,9 @@ def metrics_record(data, split, checkpoint: Path) -> dict:
 
 
 def model_temperature(checkpoint: Path, candidates: list[Path]) -> tuple[float, str]:
-    """The temperature fitted for ``checkpoint``: from the first metrics file whose record names it.
+    """(temperature, where) fitted for ``checkpoint`` by the first metrics file whose record names it.
 
-    Returns:
-        ``(temperature, where)``: ``where`` names the metrics file, or, with 1, the one-line
-        reason no temperature applies.
+    ``where`` names the metrics file, or, with temperature 1, the one-line reason none applies.
     """
     import json
     import math

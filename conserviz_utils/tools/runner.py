@@ -1,25 +1,15 @@
-"""The headless runner of ``make course``: each notebook in a fresh kernel, and it never hangs.
+"""The headless runner of ``make course``: each notebook in a fresh nbclient kernel, and it never hangs.
 
-``python -m conserviz_utils.tools.runner`` (what ``make course`` runs) executes the course notebooks in
-order, each in its own kernel, keeps the executed copies under ``outputs/executed/`` and prints
-the headline figures. Three things make it safe to leave running on real data:
+``python -m conserviz_utils.tools.runner`` runs the course notebooks in order, keeps the executed copies
+(cleared of stored outputs first) under ``outputs/executed/`` and prints the headline figures.
 
-- **A dead kernel ends the run within seconds.** Kernels are driven through nbclient with an
-  ``AsyncKernelManager``, so nbclient's once-a-second liveness check runs while a cell executes;
-  a kernel killed by the system (out of memory), crashed (a full disk under a memory-mapped
-  file) or ended by an error of its own (status 1) stops the run with the notebook, the cell,
-  the cause its exit status points to and the last lines of its stderr, and a non-zero exit
-  (:mod:`conserviz_utils.tools.kernels`). There is no per-cell timeout by default: a long
-  fine-tuning epoch is not a failure.
-- **Ctrl-C and SIGTERM stop it promptly.** The running kernel is interrupted (so training saves
-  its resumable state at the next batch), given up to 30 seconds, then killed; a second signal
-  kills at once. Every kernel is shut down, also after each notebook that finishes normally.
-- **It says what it is doing.** The notebook, each section heading as it is reached, and the
-  progress bar of a long cell with its ETA (throttled to one line every few seconds;
-  :mod:`conserviz_utils.tools.course_progress`).
-
-The executed copies are cleared of the outputs stored in the notebooks before they run, so a
-failed copy shows only this run's results.
+- **A dead kernel ends the run within seconds** (nbclient's liveness check, with an ``AsyncKernelManager``),
+  naming the notebook, the cell and the likely cause (:mod:`conserviz_utils.tools.kernels`). There is no
+  per-cell timeout by default: a long fine-tuning epoch is not a failure.
+- **Ctrl-C and SIGTERM stop it promptly**: the kernel is interrupted (training saves its state at the
+  next batch), killed 30 s later or at a second signal. Every kernel is shut down.
+- **It says what it is doing**: notebooks, section headings, throttled progress bars with their ETA
+  (:mod:`conserviz_utils.tools.course_progress`).
 """
 
 from __future__ import annotations
@@ -43,25 +33,11 @@ from conserviz_utils.errors import ConservizError
 from conserviz_utils.files.fileio import atomic_write_text
 from conserviz_utils.tools.course_progress import ProgressReporter, cell_label, first_line, markdown_headings
 from conserviz_utils.tools.kernels import (
-    KernelWatch,
-    StopRequest,
-    find_kernel_process,
-    shut_down,
-    size_text,
-    stop_kernel,
-    watch_kernel,
-    why_it_died,
+    KernelWatch, StopRequest, find_kernel_process, shut_down, size_text, stop_kernel, watch_kernel, why_it_died,
 )
 
-__all__ = [
-    "CORE_NOTEBOOKS",
-    "CourseStopped",
-    "NotebookRunError",
-    "clear_outputs",
-    "course_notebooks",
-    "main",
-    "run_notebooks",
-]
+__all__ = ["CORE_NOTEBOOKS", "CourseStopped", "NotebookRunError", "clear_outputs", "course_notebooks", "main",
+           "run_notebooks"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
@@ -83,8 +59,7 @@ class NotebookRunError(ConservizError):
 
     def __init__(self, problem: str, *, notebook: str, cell_index: int | None = None, **kwargs) -> None:
         super().__init__(problem, **kwargs)
-        self.notebook = notebook
-        self.cell_index = cell_index
+        self.notebook, self.cell_index = notebook, cell_index
 
 
 class CourseStopped(Exception):
@@ -96,17 +71,12 @@ class CourseStopped(Exception):
         if notebook:
             where = f" in {notebook}.ipynb" + (f" ({cell_label(cell_index)})" if cell_index is not None else "")
         super().__init__(f"stopped by {name}{where}")
-        self.signum = signum
-        self.notebook = notebook
-        self.cell_index = cell_index
+        self.signum, self.notebook, self.cell_index = signum, notebook, cell_index
 
     @property
     def exit_code(self) -> int:
         """The shell's convention for a process ended by a signal: 128 + the signal number."""
         return 128 + int(self.signum)
-
-
-# --- the executed copies --------------------------------------------------------------------------
 
 
 def clear_outputs(notebook) -> None:
@@ -117,16 +87,6 @@ def clear_outputs(notebook) -> None:
             cell.execution_count = None
             cell.metadata.pop("execution", None)
     notebook.metadata.pop("widgets", None)
-
-
-def write_notebook(notebook, path: Path) -> None:
-    """Write a notebook atomically (a killed run never leaves half a file)."""
-    import nbformat
-
-    atomic_write_text(path, nbformat.writes(notebook), what="executed notebook")
-
-
-# --- running one notebook -------------------------------------------------------------------------
 
 
 def course_client_class():
@@ -195,19 +155,9 @@ def course_client_class():
     return CourseClient
 
 
-async def run_one(
-    name: str,
-    position: int,
-    total: int,
-    notebooks_dir: Path,
-    executed_dir: Path,
-    output_dir: Path,
-    sockets: Path,
-    reporter: ProgressReporter,
-    stop: StopRequest,
-    watch: KernelWatch,
-    cell_timeout: float | None,
-) -> float:
+async def run_one(name: str, position: int, total: int, notebooks_dir: Path, executed_dir: Path, output_dir: Path,
+                  sockets: Path, reporter: ProgressReporter, stop: StopRequest, watch: KernelWatch,
+                  cell_timeout: float | None) -> float:
     """Execute one notebook in a fresh kernel and save its executed copy; returns the seconds."""
     import nbformat
     from jupyter_client.manager import AsyncKernelManager
@@ -222,21 +172,16 @@ async def run_one(
             f"cannot read this notebook ({err})", notebook=name, path=source, fix="restore it from git"
         ) from None
     clear_outputs(notebook)
-    write_notebook(notebook, executed)  # a run killed from outside leaves a copy with no stale outputs
+    # Atomic, and written now: a run killed from outside leaves a copy with no stale outputs.
+    atomic_write_text(executed, nbformat.writes(notebook), what="executed notebook")
     title = next((text for cell in notebook.cells if cell.cell_type == "markdown"
                   for level, text in markdown_headings(cell.source) if level == 1), None)
     reporter.notebook_started(name, position, total, title)
 
     # Local sockets, not TCP: nothing listens on the network, and the kernel does not warn.
     manager = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(sockets / name))
-    client = course_client_class()(
-        notebook,
-        manager,
-        reporter=reporter,
-        stop=stop,
-        timeout=cell_timeout,
-        resources={"metadata": {"path": str(notebooks_dir)}},
-    )
+    client = course_client_class()(notebook, manager, reporter=reporter, stop=stop, timeout=cell_timeout,
+                                   resources={"metadata": {"path": str(notebooks_dir)}})
     watch.manager, watch.pid, watch.pgid, watch.peak_memory, watch.done = manager, None, None, None, False
     monitor = asyncio.ensure_future(watch_kernel(watch, reporter))
     started = time.perf_counter()
@@ -276,13 +221,8 @@ async def run_one(
         else:
             problem = f"the kernel could not run {where}: {type(error).__name__}: {error}"
             fix = "run `make course` again; if it repeats, run the notebook in Jupyter"
-        raise NotebookRunError(
-            f"{problem}{' ' if problem.endswith('?') else '. '}The executed copy is {executed}",
-            notebook=name,
-            cell_index=cell,
-            path=source,
-            fix=fix,
-        ) from None
+        raise NotebookRunError(f"{problem}{' ' if problem.endswith('?') else '. '}The executed copy is {executed}",
+                               notebook=name, cell_index=cell, path=source, fix=fix) from None
     finally:
         find_kernel_process(watch)
         watch.done = True
@@ -294,21 +234,14 @@ async def run_one(
         watch.manager = None
         stop.event = asyncio.Event()
         with contextlib.suppress(ConservizError):
-            write_notebook(notebook, executed)
+            atomic_write_text(executed, nbformat.writes(notebook), what="executed notebook")
     seconds = time.perf_counter() - started
     reporter.notebook_done(name, seconds)
     return seconds
 
 
-async def run_all(
-    notebooks_dir: Path,
-    executed_dir: Path,
-    names: Sequence[str],
-    output_dir: Path,
-    reporter: ProgressReporter,
-    cell_timeout: float | None,
-    stop_grace: float,
-) -> list[tuple[str, float]]:
+async def run_all(notebooks_dir: Path, executed_dir: Path, names: Sequence[str], output_dir: Path,
+                  reporter: ProgressReporter, cell_timeout: float | None, stop_grace: float) -> list[tuple[str, float]]:
     """Run the notebooks one after the other, with SIGINT and SIGTERM stopping the whole run."""
     stop, watch = StopRequest(), KernelWatch()
     loop = asyncio.get_running_loop()
@@ -364,23 +297,15 @@ def run_notebooks(
     stop_grace: float = 30.0,
     write: Callable[[str], None] | None = None,
 ) -> list[tuple[str, float]]:
-    """Execute each notebook in a fresh kernel, in order, and save the executed copies.
+    """Execute each notebook in a fresh kernel (run in ``notebooks_dir``), in order; returns (name, seconds) each.
 
     Args:
-        notebooks_dir: The folder of the notebooks (the kernels run there).
-        executed_dir: Where the executed copies go (cleared of stored outputs before each runs).
         names: Notebook names without ``.ipynb``; default: :func:`course_notebooks`.
-        output_dir: The course's output folder, checked for free space when a kernel dies;
-            default: the parent of ``executed_dir``.
-        cell_timeout: Seconds a cell may run; None (the default) for no limit. A dead kernel is
-            noticed within seconds either way.
-        progress_interval: Seconds between two progress-bar lines.
+        output_dir: Checked for free space when a kernel dies; default: the parent of ``executed_dir``.
+        cell_timeout: Seconds a cell may run; None (the default) for no limit.
         heartbeat: Seconds of silence before a "still running" line.
         stop_grace: Seconds an interrupted kernel gets before it is killed.
         write: Receives each progress line (default: printed).
-
-    Returns:
-        (notebook name, seconds) for each notebook run.
 
     Raises:
         NotebookRunError: a cell failed, the kernel died (with the likely cause) or a cell timed out.
@@ -390,12 +315,7 @@ def run_notebooks(
     names = tuple(names) if names is not None else course_notebooks(notebooks_dir)
     output_dir = Path(output_dir) if output_dir is not None else executed_dir.parent
     reporter = ProgressReporter(write, interval=progress_interval, heartbeat=heartbeat)
-    return asyncio.run(
-        run_all(notebooks_dir, executed_dir, names, output_dir, reporter, cell_timeout, stop_grace)
-    )
-
-
-# --- the command line -----------------------------------------------------------------------------
+    return asyncio.run(run_all(notebooks_dir, executed_dir, names, output_dir, reporter, cell_timeout, stop_grace))
 
 
 def resume_hint(resume_path: Path, since: float = 0.0) -> str:
@@ -428,15 +348,6 @@ def report_leftovers(output_dir: Path) -> None:
         freed = sum(sizes.get(path, 0) for path in removed)
         print(f"[course] removed {len(removed)} leftover(s) of killed runs from {output_dir} ({size_text(freed)})",
               flush=True)
-
-
-def read_metrics(path: Path) -> dict | None:
-    """The headline figures notebook 05 saved, or None when missing or unreadable."""
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return metrics if isinstance(metrics, dict) else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -488,8 +399,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[course] {resume_hint(artifacts.resume, since=started_at)}", file=sys.stderr, flush=True)
         return stopped.exit_code
     minutes = (time.perf_counter() - started) / 60
-
-    metrics = read_metrics(artifacts.metrics)
+    metrics = None  # the headline figures notebook 05 saved, unless missing or unreadable
+    with contextlib.suppress(OSError, ValueError):
+        metrics = json.loads(artifacts.metrics.read_text())
+    metrics = metrics if isinstance(metrics, dict) else None
     print()
     if args.names and metrics is None:  # a partial run need not have reached notebook 05
         print(f"conserviz: {len(args.names)} notebook(s) run in {minutes:.1f} min; "

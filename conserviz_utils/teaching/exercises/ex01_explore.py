@@ -12,31 +12,23 @@ from conserviz_utils.teaching.exercises.results import (
     as_name,
     as_number,
     busiest_sites,
+    checker,
     correct,
     hint,
-    never_raises,
     not_a_name,
     same,
     species_of,
     species_order,
-    unanswered,
 )
 
 BUSIEST = "Exercise 1 · the busiest site"
 MIX = "Exercise 2 · the busiest site's species mix"
 
 
-@never_raises(BUSIEST, "the name of the site with the most training images, a string")
+@checker(BUSIEST, "the name of the site with the most training images, a string",
+         placeholder="the name of the site with the most training images")
 def check_busiest_site(site, features: pd.DataFrame, test_features: pd.DataFrame | None = None):
-    """Exercise 01·1: the name of the site with the most training images.
-
-    Args:
-        site: The learner's answer, a site name such as ``"S0017"``.
-        features: The training features (``data.train_features``).
-        test_features: The test features, to recognise a test site given by mistake.
-    """
-    if site is None:
-        return unanswered(BUSIEST, "the name of the site with the most training images")
+    """Exercise 01·1: the name of the site with the most training images (``test_features`` spot a test site)."""
     busiest, counts = busiest_sites(features)
     name = as_name(site)
     if name is None:
@@ -56,11 +48,9 @@ def check_busiest_site(site, features: pd.DataFrame, test_features: pd.DataFrame
     if name not in counts.index:
         same_letters = [s for s in counts.index if s.lower() == name.lower()]
         if same_letters:
-            return hint(BUSIEST, f"check the upper and lower case: site names are written like "
-                                 f"{counts.index[-1]!r}")
+            return hint(BUSIEST, f"check the upper and lower case: site names are written like {counts.index[-1]!r}")
         if test_features is not None and name in set(test_features["site"].astype(str)):
-            return hint(BUSIEST, f"{name} is a test site; the question asks about the training "
-                                 "images")
+            return hint(BUSIEST, f"{name} is a test site; the question asks about the training images")
         return hint(BUSIEST, f"no training image comes from site {name!r}; check the spelling "
                              f"(site names look like {counts.index[-1]!r})")
     n = int(counts[name])
@@ -91,17 +81,10 @@ def _shares_vector(answer, order: list[str]) -> tuple[np.ndarray | None, list[st
     return values.reindex(order, fill_value=0.0).to_numpy(dtype=float), unknown
 
 
-@never_raises(MIX, "a Series of species shares for the busiest site")
+@checker(MIX, "a Series of species shares for the busiest site",
+         placeholder="a Series of species shares for the busiest site")
 def check_site_species_shares(shares, features: pd.DataFrame, labels):
-    """Exercise 01·2: the species mix of the busiest site, as shares that add up to 1.
-
-    Args:
-        shares: The learner's answer: a Series (or dict) species → share of that site's images.
-        features: The training features (``data.train_features``).
-        labels: Their labels (``data.train_labels``, or species names).
-    """
-    if shares is None:
-        return unanswered(MIX, "a Series of species shares for the busiest site")
+    """Exercise 01·2: the busiest site's species mix, a Series (or dict) species → share adding up to 1."""
     species = species_of(labels)
     order = species_order(species, labels)
     sites = features["site"].astype(str).reindex(species.index)
@@ -115,11 +98,9 @@ def check_site_species_shares(shares, features: pd.DataFrame, labels):
         if isinstance(shares, list | tuple | np.ndarray) or hasattr(shares, "detach"):
             return hint(MIX, "numbers alone do not say which species is which; give a Series "
                              "indexed by species, e.g. what value_counts(normalize=True) returns")
-        return hint(MIX, "give a Series of shares indexed by species, e.g. what "
-                         "value_counts(normalize=True) returns")
+        return hint(MIX, "give a Series of shares indexed by species, e.g. what value_counts(normalize=True) returns")
     if unknown:
-        return hint(MIX, f"{', '.join(unknown[:3])} is not a species; index the shares by the "
-                         "species names")
+        return hint(MIX, f"{', '.join(unknown[:3])} is not a species; index the shares by the species names")
     if not np.isfinite(values).all():
         return hint(MIX, "some of your shares are NaN or infinite: a share is a count divided by "
                          "the site's image count")
@@ -132,19 +113,16 @@ def check_site_species_shares(shares, features: pd.DataFrame, labels):
     if same(values, right, tolerance):
         top = order[int(np.argmax(right))]
         overall = float((species == top).mean())
-        return correct(MIX, f"{top} makes up {right.max():.0%} of site {site}'s {n_site} images, "
-                            f"against {overall:.0%} of all training images: each site has its own "
-                            "mix")
+        return correct(MIX, f"{top} makes up {right.max():.0%} of site {site}'s {n_site} images, against "
+                            f"{overall:.0%} of all training images: each site has its own mix")
     if same(values, right * n_site, 0.5):
         return hint(MIX, f"these are counts (they add up to {values.sum():.0f}); divide by the "
                          "number of images at the site, or use value_counts(normalize=True)")
     if same(values, right * 100, 0.5):
-        return hint(MIX, "these look like percentages (they add up to 100); give shares between "
-                         "0 and 1")
+        return hint(MIX, "these look like percentages (they add up to 100); give shares between 0 and 1")
     overall = species.value_counts(normalize=True).reindex(order, fill_value=0.0).to_numpy(float)
     if same(values, overall, tolerance):
-        return hint(MIX, "these are the shares of all training images; keep only the rows of the "
-                         "busiest site first")
+        return hint(MIX, "these are the shares of all training images; keep only the rows of the busiest site first")
     per_species = (table / table.sum(axis=0).replace(0, np.nan)).fillna(0.0)
     if same(values, per_species.loc[site].to_numpy(float), tolerance):
         return hint(MIX, "these are the shares of each species' images that were taken at this "
@@ -152,9 +130,7 @@ def check_site_species_shares(shares, features: pd.DataFrame, labels):
                          "site's images, what share is each species")
     for other, mix in mixes.items():
         if other not in busiest and same(values, mix, tolerance):
-            return hint(MIX, f"these are the shares of site {other}; use the busiest site of "
-                             "exercise 1")
+            return hint(MIX, f"these are the shares of site {other}; use the busiest site of exercise 1")
     if not math.isclose(values.sum(), 1.0, abs_tol=0.02):
         return hint(MIX, f"shares of one site add up to 1, yours add up to {values.sum():.3f}")
-    return hint(MIX, "not quite: select the busiest site's images, then take the share of each "
-                     "species among them")
+    return hint(MIX, "not quite: select the busiest site's images, then take the share of each species among them")

@@ -9,10 +9,10 @@ import pandas as pd
 from conserviz_utils.teaching.exercises.results import (
     as_name,
     busiest_sites,
+    checker,
     close,
     correct,
     hint,
-    never_raises,
     not_a_name,
     read_number,
     read_split,
@@ -29,17 +29,9 @@ PAIR = "give a pair (train_ids, eval_ids): two collections of image ids"
 SHIFT_TOLERANCE = 1e-3 + 1e-9
 
 
-@never_raises(HOLDOUT, "a pair (train_ids, eval_ids)")
+@checker(HOLDOUT, "a pair (train_ids, eval_ids)", placeholder="(train_ids, eval_ids), the biggest site held out")
 def check_site_holdout(split, features: pd.DataFrame):
-    """Exercise 02·1: hold out the biggest site: ``(train_ids, eval_ids)`` with eval = that site.
-
-    Args:
-        split: The learner's answer: a ``(train_ids, eval_ids)`` pair (a Split, a tuple of id
-            indexes, lists, sets, or frames whose index holds the ids).
-        features: The features the split was made from (``data.train_features``).
-    """
-    if split is None:
-        return unanswered(HOLDOUT, "(train_ids, eval_ids), the biggest site held out")
+    """Exercise 02·1: hold out the biggest site: ``(train_ids, eval_ids)`` (ids, or frames indexed by id)."""
     sides, problem = read_split(split, features.index)
     if problem is not None:
         if "mask" in problem:
@@ -55,16 +47,14 @@ def check_site_holdout(split, features: pd.DataFrame):
                              f"{unknown[0]!r}); split the index of data.train_features")
     both = train.intersection(held)
     if len(both):
-        return hint(HOLDOUT, f"{len(both)} image(s) are on both sides; every image goes to "
-                             "exactly one side")
+        return hint(HOLDOUT, f"{len(both)} image(s) are on both sides; every image goes to exactly one side")
     held_sites = sorted(set(sites.loc[held]))
     train_sites = set(sites.loc[train])
     if len(train_sites) == 1 and train_sites <= set(busiest) and len(held_sites) > 1:
         return hint(HOLDOUT, "the sides are swapped: your train side is the held-out site; give "
                              "(train_ids, eval_ids) with the held-out site second")
     if len(held_sites) > 1:
-        return hint(HOLDOUT, f"your eval side mixes {len(held_sites)} sites; hold out one whole "
-                             "site")
+        return hint(HOLDOUT, f"your eval side mixes {len(held_sites)} sites; hold out one whole site")
     if not held_sites:
         return hint(HOLDOUT, "your eval side is empty; it holds every image of the biggest site")
     site = held_sites[0]
@@ -76,27 +66,14 @@ def check_site_holdout(split, features: pd.DataFrame):
                              "held out; the site goes to eval whole")
     missing = features.index.difference(train.append(held))
     if len(missing):
-        return hint(HOLDOUT, f"{len(missing)} image(s) of the other sites are on neither side; "
-                             "all of them train")
-    return correct(HOLDOUT, f"site {site}'s {len(held):,} images are held out and the other "
-                            f"{len(train):,} images, from {len(train_sites)} sites, train; no site "
-                            "is on both sides")
+        return hint(HOLDOUT, f"{len(missing)} image(s) of the other sites are on neither side; all of them train")
+    return correct(HOLDOUT, f"site {site}'s {len(held):,} images are held out and the other {len(train):,} images, "
+                            f"from {len(train_sites)} sites, train; no site is on both sides")
 
 
-def _side_shares(ids: pd.Index, species: pd.Series, order: list[str]) -> pd.Series:
-    return species.loc[ids].value_counts(normalize=True).reindex(order, fill_value=0.0)
-
-
-@never_raises(SHIFT, "a species name and its shift, one number")
+@checker(SHIFT, "a species name and its shift, one number")
 def check_share_shift(most_moved, shift, split, labels):
-    """Exercise 02·2: which species' share moves most with one site held out, and by how much.
-
-    Args:
-        most_moved: The learner's species name.
-        shift: Its eval share minus its train share (a signed share, e.g. ``0.12``).
-        split: The ``(train_ids, eval_ids)`` of exercise 1, in any form exercise 1 accepts.
-        labels: The labels (``data.train_labels``).
-    """
+    """Exercise 02·2: the species whose share moves most over exercise 1's ``split``, and its shift (eval − train)."""
     if most_moved is None or shift is None:
         missing = " and ".join(n for n, v in (("most_moved", most_moved), ("shift", shift)) if v is None)
         return unanswered(SHIFT, f"{missing}: the species whose share moves most, and its shift")
@@ -114,8 +91,8 @@ def check_share_shift(most_moved, shift, split, labels):
     if not len(train) or not len(held):
         return hint(SHIFT, "one side of exercise 1's holdout is empty; get exercise 1 right first")
     order = species_order(species, labels)
-    train_shares = _side_shares(train, species, order)
-    eval_shares = _side_shares(held, species, order)
+    train_shares, eval_shares = (species.loc[ids].value_counts(normalize=True).reindex(order, fill_value=0.0)
+                                 for ids in (train, held))
     moves = eval_shares - train_shares
     largest = moves.abs().max()
     top = [s for s in order if math.isclose(abs(moves[s]), largest, abs_tol=1e-12)]
@@ -124,9 +101,7 @@ def check_share_shift(most_moved, shift, split, labels):
         return not_a_name(SHIFT, most_moved, "the species' name")
     if name not in order:
         return hint(SHIFT, f"{name!r} is not a species; use one of the label columns")
-    value, problem = read_number(SHIFT, shift, "shift")
-    if problem is not None:
-        return problem
+    value = read_number(SHIFT, shift, "shift")
     if name not in top:
         return hint(SHIFT, f"{name}'s share moves by {moves[name]:+.3f}, but another species "
                            "moves more; compare the absolute shift of every species")
@@ -136,14 +111,11 @@ def check_share_shift(most_moved, shift, split, labels):
                               f"{train_shares[name]:.0%} of the rest: one site alone is no "
                               "stratified sample, which is why split_by_site balances its sites")
     if math.isclose(value, -move, rel_tol=2e-3, abs_tol=SHIFT_TOLERANCE):
-        return hint(SHIFT, "right species, but the sign is the other way round: eval share minus "
-                           "train share")
+        return hint(SHIFT, "right species, but the sign is the other way round: eval share minus train share")
     if close(value, 100 * move) or close(value, -100 * move):
-        return hint(SHIFT, "right species; give the shift as a share (like 0.12), not in "
-                           "percentage points")
+        return hint(SHIFT, "right species; give the shift as a share (like 0.12), not in percentage points")
     if close(value, eval_shares[name]) or close(value, train_shares[name]):
-        return hint(SHIFT, "right species; that is its share on one side, give the difference "
-                           "(eval minus train)")
+        return hint(SHIFT, "right species; that is its share on one side, give the difference (eval minus train)")
     counts = species.loc[held].eq(name).sum(), species.loc[train].eq(name).sum()
     if close(abs(value), abs(float(counts[0] - counts[1]))):
         return hint(SHIFT, "right species; that is a difference of image counts, give the "
@@ -153,6 +125,5 @@ def check_share_shift(most_moved, shift, split, labels):
                            "difference (eval minus train)")
     overall = species.value_counts(normalize=True).reindex(order, fill_value=0.0)
     if close(value, eval_shares[name] - overall[name]):
-        return hint(SHIFT, "right species; you compared with the shares of all images, compare "
-                           "with the train side")
+        return hint(SHIFT, "right species; you compared with the shares of all images, compare with the train side")
     return hint(SHIFT, "right species; check the number: its eval share minus its train share")

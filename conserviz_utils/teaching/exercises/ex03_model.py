@@ -8,11 +8,11 @@ import numpy as np
 
 from conserviz_utils.teaching.exercises.results import (
     as_array,
+    checker,
     close,
     correct,
     hint,
     kind_of,
-    never_raises,
     read_number,
     rounded_as_displayed,
     same,
@@ -26,7 +26,7 @@ HALF = ("bfloat16", "float16")
 
 @functools.lru_cache(maxsize=8)
 def _parameter_counts(arch: str, head: str) -> dict[str, int]:
-    """Parameter counts of a frozen ``build_model(arch, head=head)``, built without weights."""
+    """Parameter counts of a frozen ``build_model(arch, head=head)``, built without weights (no download)."""
     from torch import nn
 
     from conserviz_utils.models import build_model, count_parameters, freeze_backbone
@@ -42,18 +42,13 @@ def _parameter_counts(arch: str, head: str) -> dict[str, int]:
     }
 
 
-@never_raises(FROZEN, "the number of trainable parameters, one whole number")
+@checker(FROZEN, "the number of trainable parameters, one whole number")
 def check_frozen_trainable(answer, arch: str = "resnet50", head: str = "seed"):
-    """Exercise 03·1: how many parameters a frozen ResNet50 with the seed head still trains.
-
-    The checker builds the model itself (``pretrained=False``: same shapes, no download).
-    """
+    """Exercise 03·1: how many parameters a frozen ResNet50 with the seed head still trains."""
     name = f"Exercise 1 · what a frozen {arch} trains"
     if answer is None:
         return unanswered(name, "the number of trainable parameters")
-    value, problem = read_number(name, answer, "count")
-    if problem is not None:
-        return problem
+    value = read_number(name, answer, "count")
     counts = _parameter_counts(arch, head)
     total, trainable = counts["total"], counts["trainable"]
     if value == trainable:
@@ -70,8 +65,7 @@ def check_frozen_trainable(answer, arch: str = "resnet50", head: str = "seed"):
     if value == counts["last_layer"]:
         return hint(name, "that is only the head's last Linear layer; the seed head has two")
     if close(value, trainable / total) or close(value, 100 * trainable / total):
-        return hint(name, "that is the share of the model that trains; give the count of "
-                          "parameters itself")
+        return hint(name, "that is the share of the model that trains; give the count of parameters itself")
     for factor, unit in ((1e6, "millions"), (1e3, "thousands")):
         if close(value * factor, trainable):
             return hint(name, f"give the count itself, not in {unit}")
@@ -86,18 +80,10 @@ def _softmax(z: np.ndarray, axis: int) -> np.ndarray:
     return exp / exp.sum(axis=axis, keepdims=True)
 
 
-@never_raises(SOFTMAX, "a table of probabilities shaped like the logits")
+@checker(SOFTMAX, "a table of probabilities shaped like the logits",
+         placeholder="your probabilities (one row per image)")
 def check_softmax(probs, logits):
-    """Exercise 03·2: softmax by hand, exp(logits) divided by each image's row sum.
-
-    Probabilities rounded to 2 or 3 decimals, as the notebook displays them, count as right.
-
-    Args:
-        probs: The learner's probabilities: a tensor, array or frame shaped like ``logits``.
-        logits: The batch's logits, (images, species).
-    """
-    if probs is None:
-        return unanswered(SOFTMAX, "your probabilities (one row per image)")
+    """Exercise 03·2: softmax of the (images, species) ``logits`` by hand; rounded as displayed counts."""
     z = as_array(logits)
     p = as_array(probs)
     if p is None:
@@ -107,12 +93,10 @@ def check_softmax(probs, logits):
         if p.shape == z.shape[::-1] and p.ndim == 2:
             return hint(SOFTMAX, f"your table is transposed, shape {p.shape}: give one row per "
                                  f"image and one column per species, shape {z.shape}")
-        return hint(SOFTMAX, f"give one row per image and one column per species: shape {z.shape}, "
-                             f"not {p.shape}")
+        return hint(SOFTMAX, f"give one row per image and one column per species: shape {z.shape}, not {p.shape}")
     if not np.isfinite(p).all():
-        return hint(SOFTMAX, "your table holds NaN or infinite values: exp of a large logit "
-                             "overflows; subtracting each row's largest logit first changes nothing "
-                             "in the result and keeps exp finite")
+        return hint(SOFTMAX, "your table holds NaN or infinite values: exp of a large logit overflows; subtracting "
+                             "each row's largest logit first changes nothing in the result and keeps exp finite")
     right = _softmax(z, axis=1)
     # float32 arithmetic; a half-precision answer (bf16, fp16) carries about 3 digits
     tolerance = 5e-3 if str(getattr(probs, "dtype", "")).endswith(HALF) else 1e-4
@@ -120,8 +104,7 @@ def check_softmax(probs, logits):
         return correct(SOFTMAX, "each row is exp(logits) over its sum: positive, adding up to 1, "
                                 "and ranking the species exactly as the logits do")
     if same(p, 100 * right, 100 * tolerance) or rounded_as_displayed(p / 100, right):
-        return hint(SOFTMAX, "these are percentages (each row adds up to 100); give probabilities "
-                             "between 0 and 1")
+        return hint(SOFTMAX, "these are percentages (each row adds up to 100); give probabilities between 0 and 1")
     if same(p, _softmax(z, axis=0), tolerance):
         return hint(SOFTMAX, "each column adds up to 1: you normalised over the images (dim 0); "
                              "normalise each image's row (dim 1)")
@@ -131,22 +114,19 @@ def check_softmax(probs, logits):
     with np.errstate(divide="ignore", invalid="ignore"):
         plain = z / z.sum(axis=1, keepdims=True)
     if np.isfinite(plain).all() and same(p, plain, tolerance):
-        return hint(SOFTMAX, "divide exp(logits) by its row sum, not the logits themselves: logits "
-                             "can be negative")
+        return hint(SOFTMAX, "divide exp(logits) by its row sum, not the logits themselves: logits can be negative")
     if same(p, np.log(right), tolerance):
         return hint(SOFTMAX, "these are log-probabilities (all negative); take their exp")
     if same(p, 1 / (1 + np.exp(-z)), tolerance):
         return hint(SOFTMAX, "that is the sigmoid, each species on its own; softmax divides each "
                              "exp by the sum over the image's row, so the row adds up to 1")
     if same(p, np.exp(z - z.max(axis=1, keepdims=True)), tolerance):
-        return hint(SOFTMAX, "you subtracted each row's largest logit (fine) but did not divide by "
-                         "the row's sum")
+        return hint(SOFTMAX, "you subtracted each row's largest logit (fine) but did not divide by the row's sum")
     if same(p, z, tolerance):
         return hint(SOFTMAX, "these are the logits unchanged")
     top = np.zeros_like(right)
     top[np.arange(len(z)), z.argmax(axis=1)] = 1.0
     if same(p, top, tolerance):
-        return hint(SOFTMAX, "that marks the top species with 1 (argmax); give every species' "
-                             "probability")
+        return hint(SOFTMAX, "that marks the top species with 1 (argmax); give every species' probability")
     return hint(SOFTMAX, "not quite: each row should be positive and add up to 1 — exp first, "
                          "then divide by the row's sum")

@@ -8,14 +8,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from conserviz_utils.teaching.exercises.results import (
-    as_number,
-    correct,
-    hint,
-    never_raises,
-    read_number,
-    unanswered,
-)
+from conserviz_utils.teaching.exercises.results import as_number, checker, correct, hint, read_number
 
 RATE = "Exercise 1 · the head's learning rate"
 KEPT = "Exercise 2 · the epoch early stopping kept"
@@ -24,11 +17,7 @@ RATES_TO_TRY = 3
 
 
 def fresh_head(head, seed: int = 0):
-    """A new, untrained copy of ``head``: the same layers with freshly drawn, seeded weights.
-
-    For the learning-rate exercise: each rate trains its own head, and the model's trained
-    ``model.head`` stays as it is.
-    """
+    """A new, untrained copy of ``head`` with seeded weights: each rate of exercise 1 trains its own."""
     import copy
 
     import torch
@@ -74,7 +63,7 @@ def _histories_problem(histories) -> str | None:
 
 
 def _trend(rate: float, rows: pd.DataFrame) -> str:
-    """One run's shape in words, from its numbers: where it bottomed out."""
+    """Where one run bottomed out, in words."""
     best = _best_row(rows)
     last = int(rows["epoch"].max())
     if int(best["epoch"]) == last:
@@ -82,24 +71,12 @@ def _trend(rate: float, rows: pd.DataFrame) -> str:
     return f"lr {rate:g} bottomed out at epoch {int(best['epoch'])} of {last}"
 
 
-@never_raises(RATE, "one of the learning rates you tried, as a number")
+@checker(RATE, "one of the learning rates you tried, as a number",
+         placeholder="the learning rate whose head scored best")
 def check_best_learning_rate(answer, histories: Mapping[float, pd.DataFrame]):
-    """Exercise 04·1: which head learning rate reached the lowest held-out log loss.
-
-    The histories' ``eval_log_loss`` is the loss on whatever ``fit_head`` was given to watch: in
-    notebook 04, a held-out slice of the training sites. The exercise compares three rates.
-
-    Args:
-        answer: The learner's learning rate (one of the keys of ``histories``).
-        histories: learning rate → the head's training history from ``fit_head``.
-    """
-    if answer is None:
-        return unanswered(RATE, "the learning rate whose head scored best")
-    value, problem = read_number(RATE, answer, "learning rate")
-    if problem is not None:
-        return problem
-    problem = _histories_problem(histories)
-    if problem is not None:
+    """Exercise 04·1: which head learning rate (a key of ``histories``, rate → fit_head's history) did best."""
+    value = read_number(RATE, answer, "learning rate")
+    if (problem := _histories_problem(histories)) is not None:
         return hint(RATE, problem)
     runs = {float(as_number(r)): _eval_rows(h) for r, h in histories.items()}
     rates = sorted(runs)
@@ -108,10 +85,8 @@ def check_best_learning_rate(answer, histories: Mapping[float, pd.DataFrame]):
         exponent = [lr for lr in rates if math.isclose(math.log10(lr), value, abs_tol=1e-3)] if all(
             lr > 0 for lr in rates) else []
         if exponent:
-            return hint(RATE, f"that is the power of ten ({value:g}); give the rate itself, "
-                              f"{exponent[0]:g}")
-        return hint(RATE, f"{value:g} is not one of the rates you tried "
-                          f"({', '.join(f'{lr:g}' for lr in rates)})")
+            return hint(RATE, f"that is the power of ten ({value:g}); give the rate itself, {exponent[0]:g}")
+        return hint(RATE, f"{value:g} is not one of the rates you tried ({', '.join(f'{lr:g}' for lr in rates)})")
     best = {lr: float(_best_row(rows)["eval_log_loss"]) for lr, rows in runs.items()}
     winner = min(best.values())
     lr = chosen[0]
@@ -151,22 +126,14 @@ def _pick_history(history, lr):
     return history
 
 
-@never_raises(KEPT, "the epoch number, as counted in the history's epoch column")
+@checker(KEPT, "the epoch number, as counted in the history's epoch column",
+         placeholder="the epoch whose weights early stopping kept")
 def check_best_epoch(answer, history, lr: float | None = None):
-    """Exercise 04·2: the epoch whose head early stopping kept (the lowest held-out log loss).
+    """Exercise 04·2: the epoch early stopping kept, in ``history`` (or exercise 1's dict, at ``lr``).
 
-    Args:
-        answer: The learner's epoch number, as counted in the history's ``epoch`` column.
-        history: The head's training history from ``fit_head``; or all of exercise 1's
-            histories (rate → history), with ``lr`` saying which run.
-        lr: The run to read when ``history`` holds several (matched up to float rounding, so
-            ``recipe.head_lr * 10`` finds a run stored under ``0.01``).
+    ``lr`` is matched up to float rounding, so ``recipe.head_lr * 10`` finds a run stored under ``0.01``.
     """
-    if answer is None:
-        return unanswered(KEPT, "the epoch whose weights early stopping kept")
-    value, problem = read_number(KEPT, answer, "epoch")
-    if problem is not None:
-        return problem
+    value = read_number(KEPT, answer, "epoch")
     rows = _eval_rows(_pick_history(history, lr))
     if rows is None:
         return hint(KEPT, "answer exercise 1 first: this one reads the history of its lr × 10 "
@@ -175,19 +142,16 @@ def check_best_epoch(answer, history, lr: float | None = None):
     epoch = int(best["epoch"])
     last = int(rows["epoch"].max())
     if value == epoch:
-        return correct(KEPT, f"epoch {epoch} had the lowest held-out log loss "
-                             f"({float(best['eval_log_loss']):.3f}); training went on to epoch "
-                             f"{last} to see whether it would improve, then kept epoch {epoch}'s "
-                             "weights")
+        return correct(KEPT, f"epoch {epoch} had the lowest held-out log loss ({float(best['eval_log_loss']):.3f}); "
+                             f"training went on to epoch {last} to see whether it would improve, then kept epoch "
+                             f"{epoch}'s weights")
     if value == last:
         return hint(KEPT, "that is the last epoch trained; early stopping keeps the one with the "
                           "lowest held-out log loss (eval_log_loss)")
     if math.isclose(value, float(best["eval_log_loss"]), abs_tol=5e-4):
-        return hint(KEPT, "that is the lowest held-out log loss itself; give the epoch it was "
-                          "reached at")
+        return hint(KEPT, "that is the lowest held-out log loss itself; give the epoch it was reached at")
     if value in (epoch - 1, epoch + 1):
         return hint(KEPT, "off by one: count epochs as the history's epoch column does (from 1)")
     if isinstance(best.name, numbers.Real) and value == best.name:
-        return hint(KEPT, "that is the row's label in the history table; give the value of its "
-                          "epoch column")
+        return hint(KEPT, "that is the row's label in the history table; give the value of its epoch column")
     return hint(KEPT, "look for the row with the lowest eval_log_loss in the history")

@@ -9,15 +9,15 @@ import pandas as pd
 
 from conserviz_utils.metrics import EPS
 from conserviz_utils.teaching.exercises.results import (
-    CheckResult,
+    Refused,
     as_name,
     as_number,
+    checker,
     close,
     correct,
     hint,
-    never_raises,
     not_a_name,
-    not_a_number,
+    read_number,
     species_of,
     unanswered,
 )
@@ -26,80 +26,56 @@ ONE = "Exercise 1 · one prediction's log loss"
 WRONG = "Exercise 2 · a confidently wrong submission"
 # scikit-learn clips at the machine epsilon of the predictions' float type, not at 1e-15.
 SKLEARN_EPS = {"float64": float(np.finfo(np.float64).eps), "float32": float(np.finfo(np.float32).eps)}
-# The notebook shows probabilities rounded to 3 decimals; −ln of such a p is also right.
-DISPLAYED_DECIMALS = 3
 
 
-def _clipped_row(probs: pd.DataFrame, image_id) -> pd.Series:
-    """One image's probabilities after the competition's clip and renormalisation."""
-    row = probs.loc[image_id].astype(float).clip(EPS, 1 - EPS)
-    return row / row.sum()
+def _clipped(probs: pd.DataFrame) -> pd.DataFrame:
+    """The probabilities after the competition's clip and renormalisation."""
+    rows = probs.astype(float).clip(EPS, 1 - EPS)
+    return rows.div(rows.sum(axis=1), axis=0)
 
 
-def _from_displayed(value: float, p: float) -> bool:
-    """True when ``value`` is −ln of ``p`` as the notebook displays it (rounded to 3 decimals)."""
-    shown = round(p, DISPLAYED_DECIMALS)
-    return shown > 0 and close(value, -math.log(shown))
-
-
-@never_raises(ONE, "the log loss of the image, one number")
+@checker(ONE, "the log loss of the image, one number")
 def check_one_log_loss(answer, labels, probs: pd.DataFrame, image_id):
-    """Exercise 05·1: the log loss of one prediction by hand, −ln p(true species).
-
-    Args:
-        answer: The learner's number.
-        labels: The eval labels.
-        probs: Their probabilities (a frame indexed by id, one column per species).
-        image_id: The image the exercise is about.
-    """
+    """Exercise 05·1: the log loss of image ``image_id``'s prediction in ``probs`` by hand, −ln p(true species)."""
     if answer is None:
         return unanswered(ONE, f"the log loss of image {image_id}")
-    value = as_number(answer)
-    if value is None:
-        return not_a_number(ONE, answer, "the log loss")
+    value = read_number(ONE, answer, "the log loss", finite=False)
     species = species_of(labels)
     if image_id not in probs.index or image_id not in species.index:
         return hint(ONE, f"image {image_id!r} is not one of the eval images; set image_id = "
                          "probs.index[0] as the cell did")
     true = str(species.loc[image_id])
-    row = _clipped_row(probs, image_id)
+    row = _clipped(probs.loc[[image_id]]).iloc[0]
     p = float(row[true])
     right = -math.log(p)
+    shown = round(p, 3)  # the notebook shows probabilities rounded to 3 decimals; −ln of that is right too
     if math.isinf(value) and value > 0:
-        return hint(ONE, f"−ln 0 is infinite: the probability you took is 0 (or rounded to 0); "
-                         f"the model gave {true} a small but positive p, so use the unrounded "
-                         "probs.loc[image_id, true_species]")
+        return hint(ONE, "−ln 0 is infinite: the probability you took is 0 (or rounded to 0); the model gave "
+                         f"{true} a small but positive p, so use the unrounded probs.loc[image_id, true_species]")
     if math.isnan(value) or math.isinf(value):
-        return hint(ONE, "your log loss is NaN or −inf: look for the log of a negative number or "
-                         "of 0 on the way")
-    if close(value, right) or _from_displayed(value, p):
+        return hint(ONE, "your log loss is NaN or −inf: look for the log of a negative number or of 0 on the way")
+    if close(value, right) or (shown > 0 and close(value, -math.log(shown))):
         return correct(ONE, f"the model gave the true species, {true}, p = {p:.3f}, so this image "
                             f"costs −ln {p:.3f} = {right:.3f}; a sure right answer costs 0 and an "
                             f"honest 1/{len(row)} costs {math.log(len(row)):.3f}")
-    if close(value, right / math.log(10)):
-        return hint(ONE, "that is the base-10 logarithm; log loss uses the natural one (np.log, "
-                         "math.log)")
-    if close(value, right / math.log(2)):
-        return hint(ONE, "that is the base-2 logarithm; log loss uses the natural one (np.log, "
-                         "math.log)")
+    for base in (10, 2):
+        if close(value, right / math.log(base)):
+            return hint(ONE, f"that is the base-{base} logarithm; log loss uses the natural one (np.log, math.log)")
     if close(value, -right):
         return hint(ONE, "log loss is −log p: yours is negative, flip the sign")
     if close(value, p) or close(value, 100 * p):
-        return hint(ONE, "that is the probability of the true species itself; log loss is −log "
-                         "of it")
+        return hint(ONE, "that is the probability of the true species itself; log loss is −log of it")
     if close(value, -math.log(max(1 - p, EPS))):
         return hint(ONE, "that is −log(1 − p); log loss is −log p of the true species")
     predicted = str(row.idxmax())
     if predicted != true and close(value, -math.log(row[predicted])):
-        return hint(ONE, f"that is −log of the most probable species' probability; use the true "
-                         f"species, {true}")
+        return hint(ONE, f"that is −log of the most probable species' probability; use the true species, {true}")
     for other in row.index:
         if other not in (true, predicted) and close(value, -math.log(row[other])):
             return hint(ONE, f"that is −log of {other}'s probability; use the true species, {true}")
     ids = probs.index.intersection(species.index)
     if len(ids) > 1:
-        rows = probs.loc[ids].astype(float).clip(EPS, 1 - EPS)
-        rows = rows.div(rows.sum(axis=1), axis=0)
+        rows = _clipped(probs.loc[ids])
         costs = [-math.log(rows.at[i, species[i]]) for i in ids if species[i] in rows.columns]
         if costs and close(value, float(np.mean(costs))):
             return hint(ONE, "that is the mean over all eval images; take the one image")
@@ -109,31 +85,22 @@ def check_one_log_loss(answer, labels, probs: pd.DataFrame, image_id):
                      "species, then take −ln of it")
 
 
-@never_raises(WRONG, "the log loss of the confidently wrong submission, one number")
+@checker(WRONG, "the log loss of the confidently wrong submission, one number",
+         placeholder="the log loss of the confidently wrong submission")
 def check_confidently_wrong(answer, labels):
-    """Exercise 05·2: the log loss of a submission sure of a wrong species for every image.
+    """Exercise 05·2: the log loss of a submission sure of a wrong species for every image of ``labels``.
 
-    The right answer is what the competition's metric gives: every probability clipped to
-    [1e-15, 1 − 1e-15] and each row renormalised, so each image costs about −ln 1e-15 ≈ 34.5.
-
-    Args:
-        answer: The learner's number.
-        labels: The labels of the images scored (``eval_labels``).
+    The competition clips every probability to [1e-15, 1 − 1e-15], so each image costs about −ln 1e-15 ≈ 34.5.
     """
-    if answer is None:
-        return unanswered(WRONG, "the log loss of the confidently wrong submission")
-    value = as_number(answer)
-    if value is None:
-        return not_a_number(WRONG, answer, "the log loss")
+    value = read_number(WRONG, answer, "the log loss", finite=False)
     classes = labels.shape[1] if isinstance(labels, pd.DataFrame) else species_of(labels).nunique()
     classes = max(int(classes), 2)
     images = len(labels)
     right = -math.log(EPS / (1 - EPS + (classes - 1) * EPS))
     uniform = math.log(classes)
     if math.isinf(value) and value > 0:
-        return hint(WRONG, "the competition clips every probability to [1e-15, 1 − 1e-15] before "
-                           "the log, so one zero cannot make the score infinite; clip first, or "
-                           "use log_loss(eval_labels, probs)")
+        return hint(WRONG, "the competition clips every probability to [1e-15, 1 − 1e-15] before the log, so one "
+                           "zero cannot make the score infinite; clip first, or use log_loss(eval_labels, probs)")
     if math.isnan(value) or math.isinf(value):
         return hint(WRONG, "your log loss is NaN or −inf: the log of 0 or of a negative number got "
                            "in; use log_loss(eval_labels, wrong), which clips first")
@@ -153,8 +120,7 @@ def check_confidently_wrong(answer, labels):
     if close(value, 0.0):
         return hint(WRONG, "0 is a perfect score; a confidently wrong submission is the worst one")
     if close(value, 1.0):
-        return hint(WRONG, "that is the error rate (every image wrong); the question asks for the "
-                           "log loss")
+        return hint(WRONG, "that is the error rate (every image wrong); the question asks for the log loss")
     if close(value, uniform):
         return hint(WRONG, "that is the uniform baseline, an honest 'don't know'; put all the "
                            "probability on a wrong species")
@@ -167,53 +133,46 @@ def check_confidently_wrong(answer, labels):
                        "score them with log_loss(eval_labels, wrong)")
 
 
-def _read_species(exercise: str, answer, probs: pd.DataFrame) -> tuple[str | None, CheckResult | None]:
-    """(the answer as one of the probability columns, or "none"; None) or (None, the hint saying why not)."""
+def _read_species(exercise: str, answer, probs: pd.DataFrame) -> str:
+    """The answer as one of the probability columns, or "none"; else `Refused` with the hint saying why not."""
     guess = as_name(answer)
     if guess is None:
         if as_number(answer) is not None:
-            return None, hint(exercise, "that is a number (a count or a share?); give the species' name, "
-                                        "a string like the probability columns")
-        return None, not_a_name(exercise, answer, "the species")
+            raise Refused(hint(exercise, "that is a number (a count or a share?); give the species' name, "
+                                         "a string like the probability columns"))
+        raise Refused(not_a_name(exercise, answer, "the species"))
     if guess.lower() == "none":
-        return "none", None
+        return "none"
     known = [str(c) for c in probs.columns]
     if guess in known:
-        return guess, None
+        return guess
     same_letters = [c for c in known if c.lower() == guess.lower()]
     if same_letters:
-        return None, hint(exercise, f"check the upper and lower case: the species is written {same_letters[0]!r}")
-    return None, hint(exercise, f"{guess!r} is not a species; use one of the probability columns "
-                                f"({', '.join(known)})")
+        raise Refused(hint(exercise, f"check the upper and lower case: the species is written {same_letters[0]!r}"))
+    raise Refused(hint(exercise, f"{guess!r} is not a species; use one of the probability columns "
+                                 f"({', '.join(known)})"))
 
 
-@never_raises("Exercise 3a · what a species is mistaken for", "one species name, a string")
+@checker("Exercise 3a · what a species is mistaken for", "one species name, a string")
 def check_most_common_confusion(answer, labels, probs: pd.DataFrame, true_species: str):
-    """Exercise 05·3a: the wrong species the model most often picks for images of ``true_species``.
-
-    Answer ``"none"`` when the model never gets that species wrong.
-    """
+    """Exercise 05·3a: the wrong species most often picked for ``true_species`` ("none" if never wrong)."""
     name = f"Exercise 3a · what {true_species} is mistaken for"
     if answer is None:
         return unanswered(name, f"the species most often predicted for true {true_species} images")
     species = species_of(labels).reindex(probs.index)
     predicted = probs.astype(float).idxmax(axis=1).astype(str)
     mistakes = predicted[(species == true_species) & (predicted != true_species)]
-    guess, problem = _read_species(name, answer, probs)
-    if problem is not None:
-        return problem
+    guess = _read_species(name, answer, probs)
     n_true = int((species == true_species).sum())
     if mistakes.empty:
         if guess == "none":
-            return correct(name, f"the model gets every one of the {n_true} {true_species} images "
-                                 "right")
+            return correct(name, f"the model gets every one of the {n_true} {true_species} images right")
         return hint(name, f"the model never gets {true_species} wrong here; answer 'none'")
     counts = mistakes.value_counts()
     top = sorted(counts.index[counts == counts.max()])
     if guess in top:
-        return correct(name, f"{int(counts[guess])} of the {n_true} {true_species} images are "
-                             f"predicted {guess}; the explorer shows which of them it was surest "
-                             "about")
+        return correct(name, f"{int(counts[guess])} of the {n_true} {true_species} images are predicted {guess}; "
+                             "the explorer shows which of them it was surest about")
     if guess == true_species:
         return hint(name, f"predicting {true_species} is right for those images; the question "
                           "asks which wrong species the model picks most")
@@ -229,9 +188,8 @@ def check_most_common_confusion(answer, labels, probs: pd.DataFrame, true_specie
                           f"images in {guess}, but another species gets more: compare the counts "
                           f"along the row of true {true_species}{also}")
     if tops_column:
-        return hint(name, f"you read a column of the confusion matrix: those are {guess} images "
-                          f"predicted {true_species}; the question is about images that are "
-                          f"{true_species} (its row)")
+        return hint(name, f"you read a column of the confusion matrix: those are {guess} images predicted "
+                          f"{true_species}; the question is about images that are {true_species} (its row)")
     return hint(name, f"the model never predicts {guess} for a {true_species} image; filter the "
                       f"explorer by true species {true_species} and count the predictions")
 
@@ -240,33 +198,18 @@ BLANK = "blank"
 SWALLOWS = "Exercise 3b · what blank swallows"
 
 
-@never_raises(SWALLOWS, "one species name, a string")
+@checker(SWALLOWS, "one species name, a string", placeholder="the species most common among the images predicted blank")
 def check_blank_swallows(answer, labels, probs: pd.DataFrame):
-    """Exercise 05·3b: the true species most common among the images the model predicts blank.
-
-    The blank *column* of the confusion matrix, in counts: of the images predicted blank, which
-    animal are they really? Blank itself does not count (those predictions are right). Answer
-    ``"none"`` when the model never predicts blank for an animal.
-
-    Args:
-        answer: The learner's species name.
-        labels: The eval labels (one-hot frame, or species names), indexed by id.
-        probs: Their probabilities (a frame indexed by id, one column per species).
-    """
-    if answer is None:
-        return unanswered(SWALLOWS, "the species most common among the images predicted blank")
+    """Exercise 05·3b: the animal most common among the images predicted blank (its column, in counts; or "none")."""
     species = species_of(labels).reindex(probs.index)
     predicted = probs.astype(float).idxmax(axis=1).astype(str)
-    guess, problem = _read_species(SWALLOWS, answer, probs)
-    if problem is not None:
-        return problem
+    guess = _read_species(SWALLOWS, answer, probs)
     to_blank = predicted == BLANK
     column = species[to_blank & (species != BLANK)].value_counts()
     n_predicted = int(to_blank.sum())
     if column.empty:
         if guess == "none":
-            return correct(SWALLOWS, f"the model predicts blank for {n_predicted} image(s), none of "
-                                     "them an animal")
+            return correct(SWALLOWS, f"the model predicts blank for {n_predicted} image(s), none of them an animal")
         return hint(SWALLOWS, "the model never predicts blank for an animal here; answer 'none'")
     top = sorted(column.index[column == column.max()])
     shares = to_blank.groupby(species).mean().drop(BLANK, errors="ignore")
@@ -284,18 +227,16 @@ def check_blank_swallows(answer, labels, probs: pd.DataFrame):
     count = int(column.get(guess, 0))
     # The shares table shows 2 decimals: a share that ties the largest as shown is that slip too.
     if count and round(float(shares.get(guess, 0.0)), 2) == round(float(shares.max()), 2):
-        return hint(SWALLOWS, f"blank takes the largest share of {guess}'s own images "
-                              f"({shares[guess]:.0%}), but that is a share of each row, as the "
-                              "confusion matrix shows it; the question asks which species is most "
-                              "common among the images predicted blank: count them")
+        return hint(SWALLOWS, f"blank takes the largest share of {guess}'s own images ({shares[guess]:.0%}), but "
+                              "that is a share of each row, as the confusion matrix shows it; the question asks "
+                              "which species is most common among the images predicted blank: count them")
     mistaken = predicted[(species == BLANK) & (predicted != BLANK)].value_counts()
     tops_row = bool(len(mistaken)) and guess in mistaken.index[mistaken == mistaken.max()]
     if count:
         also = (f"; {guess} also tops the row of blank (blank images predicted {guess}), which "
                 "is the other direction" if tops_row else "")
-        return hint(SWALLOWS, f"the model predicts blank for {count} {guess} image(s), but another "
-                              f"species is more common among the images predicted blank: count "
-                              f"down the blank column{also}")
+        return hint(SWALLOWS, f"the model predicts blank for {count} {guess} image(s), but another species is more "
+                              f"common among the images predicted blank: count down the blank column{also}")
     if tops_row:
         return hint(SWALLOWS, f"you read the row of blank: those are blank images predicted "
                               f"{guess}; the question is about images predicted blank (its column)")

@@ -9,32 +9,21 @@ import pandas as pd
 
 from conserviz_utils.errors import SubmissionError
 from conserviz_utils.metrics import EPS
-from conserviz_utils.teaching.exercises.results import (
-    close,
-    correct,
-    hint,
-    kind_of,
-    never_raises,
-    read_number,
-    unanswered,
-)
+from conserviz_utils.teaching.exercises.results import checker, close, correct, hint, kind_of, read_number
 
 BROKEN = "Exercise 1 · break a submission"
 WORST = "Exercise 2 · the worst case after blending"
 
 
-@never_raises(BROKEN, "a broken copy of `submission`, a DataFrame")
+@checker(BROKEN, "a broken copy of `submission`, a DataFrame", placeholder="a broken copy of the submission")
 def check_broken_submission(broken, submission_format: pd.DataFrame):
-    """Exercise 06·1: a submission broken on purpose, which ``validate_submission`` must refuse.
+    """Exercise 06·1: a copy of the submission broken on purpose, which ``validate_submission`` must refuse.
 
-    Only a frame that is recognisably a copy of the submission counts (it shares ids or species
-    columns with ``submission_format``): a string or an array is refused too, but it is not the
-    kind of mistake the exercise is about.
+    Only a frame sharing ids or species columns with ``submission_format`` counts: a string is refused
+    too, but it is not the mistake the exercise is about.
     """
     from conserviz_utils.submission import validate_submission
 
-    if broken is None:
-        return unanswered(BROKEN, "a broken copy of the submission")
     if not isinstance(broken, pd.DataFrame):
         return hint(BROKEN, f"that is {kind_of(broken)}, not a submission at all; start from a "
                             "copy of the DataFrame (broken = submission.copy()) and damage it")
@@ -44,8 +33,7 @@ def check_broken_submission(broken, submission_format: pd.DataFrame):
         return hint(BROKEN, "that frame shares no id and no species column with the submission; "
                             "start from broken = submission.copy() and damage it")
     if broken.empty and not shares_columns:
-        return hint(BROKEN, "that frame is empty; start from broken = submission.copy() and "
-                            "damage it")
+        return hint(BROKEN, "that frame is empty; start from broken = submission.copy() and damage it")
     try:
         validate_submission(broken, submission_format)
     except SubmissionError as refusal:
@@ -55,18 +43,11 @@ def check_broken_submission(broken, submission_format: pd.DataFrame):
                         "break it more: drop a row, swap two columns, or set one probability to 2")
 
 
-@never_raises(WORST, "the largest log loss one image can cost after blending, one number")
+@checker(WORST, "the largest log loss one image can cost after blending, one number",
+         placeholder="the largest log loss one image can cost after blending")
 def check_worst_case_cost(answer, submission: pd.DataFrame, weight: float = 0.9):
-    """Exercise 06·2: after blending with the uniform 1/8, the most one image can cost.
-
-    The blend is ``weight * submission + (1 - weight) / species``; an image costs −ln of the
-    probability given to its true species, so the worst case is −ln of the blend's smallest value.
-    """
-    if answer is None:
-        return unanswered(WORST, "the largest log loss one image can cost after blending")
-    value, problem = read_number(WORST, answer, "cost")
-    if problem is not None:
-        return problem
+    """Exercise 06·2: −ln of the smallest value of ``weight * submission + (1 - weight) / species``."""
+    value = read_number(WORST, answer, "cost")
     values = submission.to_numpy(dtype=float)
     classes = values.shape[1]
     smallest, largest = float(values.min()), float(values.max())
@@ -75,22 +56,19 @@ def check_worst_case_cost(answer, submission: pd.DataFrame, weight: float = 0.9)
     right = -math.log(blended)
     before = -math.log(max(smallest, EPS))
     if close(value, right):
-        return correct(WORST, f"the smallest probability is now {blended:.4f}, so no image can cost "
-                              f"more than −ln {blended:.4f} = {right:.2f}, against {before:.1f} "
-                              "before blending; confident right answers pay a little for that "
-                              "insurance")
+        return correct(WORST, f"the smallest probability is now {blended:.4f}, so no image can cost more than −ln "
+                              f"{blended:.4f} = {right:.2f}, against {before:.1f} before blending; confident right "
+                              "answers pay a little for that insurance")
     if close(value, right / math.log(10)):
         return hint(WORST, "that is the base-10 logarithm; log loss uses the natural one")
     if close(value, -right):
         return hint(WORST, "a cost is −log p, positive: flip the sign")
     if close(value, blended) or close(value, 100 * blended):
-        return hint(WORST, "that is the smallest probability itself; an image given it costs −log "
-                           "of it")
+        return hint(WORST, "that is the smallest probability itself; an image given it costs −log of it")
     if close(value, before):
         return hint(WORST, "that is the worst case of the submission before blending")
     if close(value, -math.log(weight * smallest + (1 - weight))):
-        return hint(WORST, f"the uniform part gives each species (1 − {weight:g}) / {classes}, not "
-                           f"(1 − {weight:g})")
+        return hint(WORST, f"the uniform part gives each species (1 − {weight:g}) / {classes}, not (1 − {weight:g})")
     if close(value, -math.log((1 - weight) * smallest + weight / classes)):
         return hint(WORST, f"the weights are swapped: {weight:g} goes to the submission and "
                            f"{1 - weight:g} to the uniform 1/{classes}")
@@ -104,5 +82,4 @@ def check_worst_case_cost(answer, submission: pd.DataFrame, weight: float = 0.9)
     if close(value, -math.log(mean_min)) or close(value, float(np.mean(-np.log(weight * values.min(axis=1) + floor)))):
         return hint(WORST, "that averages over the images; the worst case is the single smallest "
                            "probability anywhere in the blend")
-    return hint(WORST, "not quite: blend, find the smallest probability anywhere in it, and take "
-                       "−ln of it")
+    return hint(WORST, "not quite: blend, find the smallest probability anywhere in it, and take −ln of it")

@@ -7,13 +7,12 @@ import numpy as np
 from conserviz_utils.metrics import EPS
 from conserviz_utils.teaching.exercises.results import (
     as_array,
+    checker,
     correct,
     hint,
     kind_of,
-    never_raises,
     rounded_as_displayed,
     same,
-    unanswered,
 )
 
 GEOMETRIC = "Exercise 1 · a geometric blend by hand"
@@ -34,19 +33,12 @@ def _matches(row: np.ndarray, target: np.ndarray) -> bool:
     return same(row, target, TOLERANCE) or rounded_as_displayed(row, target)
 
 
-@never_raises(GEOMETRIC, "the blended probabilities, one per species")
+@checker(GEOMETRIC, "the blended probabilities, one per species", placeholder="the blended probabilities of the image")
 def check_geometric_blend(answer, member_probs):
-    """Exercise 07·1: the geometric blend of one image's member probabilities, by hand.
+    """Exercise 07·1: the geometric blend of one image's (members, species) probabilities, by hand.
 
-    The geometric blend averages the members' log-probabilities, takes exp, and renormalises the
-    row to sum to 1 (probabilities clipped at 1e-15 first, as the metric does).
-
-    Args:
-        answer: The learner's blended row (one probability per species).
-        member_probs: (members, species) probabilities of one image.
+    Mean of the log-probabilities (clipped at 1e-15, as the metric does), exp, row renormalised to 1.
     """
-    if answer is None:
-        return unanswered(GEOMETRIC, "the blended probabilities of the image")
     members = np.asarray(member_probs, dtype=np.float64)
     n_members, n_species = members.shape
     row = _vector(answer)
@@ -54,8 +46,7 @@ def check_geometric_blend(answer, member_probs):
         if row is not None and row.shape == (n_members,):
             return hint(GEOMETRIC, f"that is one value per member ({n_members}); average over the "
                                    f"members (axis 0) to get one value per species ({n_species})")
-        return hint(GEOMETRIC, f"give one probability per species: {n_species} numbers (got "
-                               f"{kind_of(answer)})")
+        return hint(GEOMETRIC, f"give one probability per species: {n_species} numbers (got {kind_of(answer)})")
     if not np.isfinite(row).all():
         return hint(GEOMETRIC, "your row holds NaN or infinite values: the log of 0 is −inf; clip "
                                "the probabilities at 1e-15 first, as the metric does")
@@ -70,17 +61,14 @@ def check_geometric_blend(answer, member_probs):
                                   f"against {arithmetic[top]:.3f} for the arithmetic mean: a "
                                   "class one member finds unlikely is pulled down hard")
     if _matches(row / 100, right):
-        return hint(GEOMETRIC, "these are percentages (they add up to 100); give probabilities "
-                               "between 0 and 1")
+        return hint(GEOMETRIC, "these are percentages (they add up to 100); give probabilities between 0 and 1")
     if _matches(row, members.mean(axis=0)):
         return hint(GEOMETRIC, "that is the arithmetic mean of the probabilities; the geometric "
                                "blend averages their logarithms")
     if _matches(row, geometric):
-        return hint(GEOMETRIC, "close: now divide by the row's sum, so the probabilities add up "
-                               "to 1")
+        return hint(GEOMETRIC, "close: now divide by the row's sum, so the probabilities add up to 1")
     if same(row, mean_logs, TOLERANCE):
-        return hint(GEOMETRIC, "these are mean log-probabilities (all negative); take their exp, "
-                               "then renormalise")
+        return hint(GEOMETRIC, "these are mean log-probabilities (all negative); take their exp, then renormalise")
     product = np.exp(logs.sum(axis=0))
     if _matches(row, product / product.sum()):
         return hint(GEOMETRIC, "you multiplied the probabilities; the geometric mean takes the mean "
@@ -89,34 +77,21 @@ def check_geometric_blend(answer, member_probs):
                            "divide by the row's sum")
 
 
-@never_raises(WEIGHTS, "one weight per member")
+@checker(WEIGHTS, "one weight per member", placeholder="one weight per member")
 def check_member_weights(answer, val_losses, power: float = 2.0, max_ratio: float | None = 1.2):
-    """Exercise 07·2: the weights of the weighted geometric blend, by hand.
-
-    Each member weighs (1 / validation log loss) ** power; members more than ``max_ratio`` times
-    the best one's loss weigh 0; the weights are scaled to sum to 1. Weights rounded to 2 or 3
-    decimals count as right.
-
-    Args:
-        answer: The learner's weights, one per member.
-        val_losses: Each member's validation log loss (one fold's members).
-    """
+    """Exercise 07·2: the blend's weights by hand: (1 / loss) ** power, 0 past ``max_ratio`` × the best, sum 1."""
     from conserviz_utils.climb.ensemble import member_weights
 
-    if answer is None:
-        return unanswered(WEIGHTS, "one weight per member")
     losses = np.asarray(val_losses, dtype=np.float64).reshape(-1)
     weights = _vector(answer)
     if weights is None or weights.shape != losses.shape:
-        return hint(WEIGHTS, f"give one weight per member: {losses.size} numbers (got "
-                             f"{kind_of(answer)})")
+        return hint(WEIGHTS, f"give one weight per member: {losses.size} numbers (got {kind_of(answer)})")
     right = member_weights(losses, power=power, max_ratio=max_ratio)
     kept = right > 0
     if np.isnan(weights).any() and np.isfinite(weights[kept]).all():
         return hint(WEIGHTS, "a dropped member weighs 0, not NaN")
     if not np.isfinite(weights).all():
-        return hint(WEIGHTS, "your weights hold NaN or infinite values: look for a division by 0 "
-                             "on the way")
+        return hint(WEIGHTS, "your weights hold NaN or infinite values: look for a division by 0 on the way")
     if _matches(weights, right):
         dropped = int((~kept).sum())
         note = f"{dropped} member(s) dropped as too weak, " if dropped else "no member dropped, "
@@ -125,8 +100,7 @@ def check_member_weights(answer, val_losses, power: float = 2.0, max_ratio: floa
                                 f"it would weigh {linear.max() / linear.sum():.3f}): squaring "
                                 "favours the better heads without silencing the others")
     if _matches(weights / 100, right):
-        return hint(WEIGHTS, "these are percentages (they add up to 100); give weights that add "
-                             "up to 1")
+        return hint(WEIGHTS, "these are percentages (they add up to 100); give weights that add up to 1")
     raw = (1.0 / losses) ** power
     if same(weights, raw, TOLERANCE * raw.max()) or same(weights, np.where(kept, raw, 0.0), TOLERANCE * raw.max()):
         return hint(WEIGHTS, "the weights must add up to 1: divide each by their sum")
@@ -147,5 +121,4 @@ def check_member_weights(answer, val_losses, power: float = 2.0, max_ratio: floa
     by_loss = np.where(kept, losses**power, 0.0)
     if _matches(weights, by_loss / by_loss.sum()) or _matches(weights, losses / losses.sum()):
         return hint(WEIGHTS, "the better member (lower loss) must weigh more: use 1 / loss")
-    return hint(WEIGHTS, f"not quite: (1 / loss) ** {power:g}, 0 for the dropped members, then "
-                         "divide by the sum")
+    return hint(WEIGHTS, f"not quite: (1 / loss) ** {power:g}, 0 for the dropped members, then divide by the sum")

@@ -1,10 +1,4 @@
-"""What every exercise checker shares: the verdict it returns and the readers of learners' answers.
-
-A learner's answer can be anything a notebook cell can hold: a string, a set, a 0-d tensor,
-``10**400``, a frame. The readers here turn it into the one shape a checker compares (a float,
-a float array, an id index) or say it is not one, so that a checker answers every input with a
-message and never with a traceback.
-"""
+"""What every exercise checker shares: the verdict, and readers that turn any cell value into an answer."""
 
 from __future__ import annotations
 
@@ -29,8 +23,7 @@ _STYLE = {  # status → (symbol, colour of the box's edge)
 }
 
 # Learners type numbers rounded to 3 decimals; both sides of a comparison get this slack.
-RELATIVE = 2e-3
-ABSOLUTE = 5e-4
+RELATIVE, ABSOLUTE = 2e-3, 5e-4
 # The start of the message of an answer no reader foresaw (tests assert it never shows).
 UNREADABLE = "the check could not read this answer"
 
@@ -45,15 +38,13 @@ class CheckResult:
 
     @property
     def passed(self) -> bool:
-        """True when the answer is correct."""
         return self.status == CORRECT
 
     def __bool__(self) -> bool:
         return self.passed
 
     def __str__(self) -> str:
-        symbol, _ = _STYLE[self.status]
-        return f"{symbol} {self.exercise}: {self.status} — {self.message}"
+        return f"{_STYLE[self.status][0]} {self.exercise}: {self.status} — {self.message}"
 
     __repr__ = __str__
 
@@ -67,12 +58,10 @@ class CheckResult:
 
 
 def correct(exercise: str, why: str) -> CheckResult:
-    """The verdict *correct*, with one line on why."""
     return CheckResult(exercise, CORRECT, why)
 
 
 def hint(exercise: str, text: str) -> CheckResult:
-    """The verdict *not yet*, with a hint aimed at the slip."""
     return CheckResult(exercise, NOT_YET, text)
 
 
@@ -81,19 +70,29 @@ def unanswered(exercise: str, what: str) -> CheckResult:
     return CheckResult(exercise, NOT_ANSWERED, f"replace None with {what}, then run the cell again")
 
 
-def never_raises(exercise: str, what: str) -> Callable:
-    """Turn an exception a checker did not foresee into a hint, so the learner sees a message.
+class Refused(Exception):
+    """Raised by a reader inside a checker: the answer cannot be read, and ``result`` says why."""
 
-    Args:
-        exercise: The exercise's name, for the verdict.
-        what: What the answer should be, for the hint.
+    def __init__(self, result: CheckResult) -> None:
+        super().__init__(result.message)
+        self.result = result
+
+
+def checker(exercise: str, what: str, placeholder: str | None = None) -> Callable:
+    """Make a checker total: ``None`` (with ``placeholder``) is unanswered, and nothing raises.
+
+    ``what`` is what the answer should be, for the hint on an answer no reader foresaw.
     """
 
     def wrap(check: Callable) -> Callable:
         @functools.wraps(check)
         def checked(*args, **kwargs) -> CheckResult:
+            if placeholder is not None and args and args[0] is None:
+                return unanswered(exercise, placeholder)
             try:
                 return check(*args, **kwargs)
+            except Refused as refusal:
+                return refusal.result
             except Exception as error:  # the learner must see a message, never a traceback
                 detail = f"{type(error).__name__}: {error}"
                 detail = detail if len(detail) <= 120 else detail[:117] + "..."
@@ -120,8 +119,7 @@ def same(values: np.ndarray, target: np.ndarray, tolerance: float) -> bool:
 def rounded_as_displayed(values: np.ndarray, target: np.ndarray, decimals=(2, 3)) -> bool:
     """True when ``values`` are ``target`` rounded to 2 or 3 decimals, as a notebook shows them.
 
-    Only an answer that sits on the rounding grid counts, so a value that is merely near the
-    right one (a different formula) is still told apart.
+    Only values on the rounding grid count, so one merely near the right one (another formula) is told apart.
     """
     if values.shape != target.shape or not np.isfinite(values).all():
         return False
@@ -155,9 +153,7 @@ def as_array(values) -> np.ndarray | None:
             array = array.astype(np.float64)
     except (TypeError, ValueError, OverflowError):
         return None
-    if array.dtype.kind not in "biuf":
-        return None
-    return array.astype(np.float64)
+    return array.astype(np.float64) if array.dtype.kind in "biuf" else None
 
 
 def as_number(answer) -> float | None:
@@ -170,9 +166,7 @@ def as_number(answer) -> float | None:
         except OverflowError:  # 10**400
             return math.inf if answer > 0 else -math.inf
     array = as_array(answer)
-    if array is None or array.size != 1:
-        return None
-    return float(array.reshape(()))
+    return float(array.reshape(())) if array is not None and array.size == 1 else None
 
 
 def kind_of(answer) -> str:
@@ -193,8 +187,7 @@ def not_a_number(exercise: str, answer, what: str) -> CheckResult:
             float(answer.replace(",", ""))
         except ValueError:
             return hint(exercise, f"give {what} as a number, not text ({answer[:30]!r})")
-        return hint(exercise, f"you gave text ({answer[:30]!r}); give {what} as one number, "
-                              "without quotes")
+        return hint(exercise, f"you gave text ({answer[:30]!r}); give {what} as one number, without quotes")
     if isinstance(answer, bool | np.bool_):
         return hint(exercise, f"that is True/False; give {what} as a number")
     array = as_array(answer)
@@ -203,55 +196,42 @@ def not_a_number(exercise: str, answer, what: str) -> CheckResult:
     if array is not None:
         return hint(exercise, f"that holds {array.size} numbers ({kind_of(answer)}); give {what} "
                               "as one number, e.g. float(...) of your result")
-    return hint(exercise, f"give {what} as one number (got {kind_of(answer)}); e.g. float(...) of "
-                          "your result")
+    return hint(exercise, f"give {what} as one number (got {kind_of(answer)}); e.g. float(...) of your result")
 
 
-def not_finite(exercise: str, value: float, what: str) -> CheckResult | None:
-    """The hint for a NaN or infinite number, or None when the number is finite."""
-    if math.isnan(value):
-        return hint(exercise, f"your {what} is NaN (not a number): look for a 0 / 0 or the log of "
-                              "a negative number on the way")
-    if math.isinf(value):
-        return hint(exercise, f"your {what} is infinite: look for the log of 0 or a division by 0 "
-                              "on the way")
-    return None
-
-
-def read_number(exercise: str, answer, what: str) -> tuple[float | None, CheckResult | None]:
-    """(the answer as a finite float, None) or (None, the hint saying why it is not one)."""
+def read_number(exercise: str, answer, what: str, finite: bool = True) -> float:
+    """The answer as one float, finite unless ``finite`` is False; else `Refused` with the hint."""
     value = as_number(answer)
     if value is None:
-        return None, not_a_number(exercise, answer, what)
-    problem = not_finite(exercise, value, what)
-    return (None, problem) if problem is not None else (value, None)
+        raise Refused(not_a_number(exercise, answer, what))
+    if finite and math.isnan(value):
+        raise Refused(hint(exercise, f"your {what} is NaN (not a number): look for a 0 / 0 or the log "
+                                     "of a negative number on the way"))
+    if finite and math.isinf(value):
+        raise Refused(hint(exercise, f"your {what} is infinite: look for the log of 0 or a division by 0 on the way"))
+    return value
 
 
 def as_name(answer) -> str | None:
     """The answer as one stripped name, or None when it is not a string."""
-    if isinstance(answer, str | np.str_):
-        return str(answer).strip()
-    return None
+    return str(answer).strip() if isinstance(answer, str | np.str_) else None
 
 
 def not_a_name(exercise: str, answer, what: str) -> CheckResult:
     """The hint for an answer that should be one name (a string) and is not."""
     if isinstance(answer, pd.Series | pd.DataFrame):
-        return hint(exercise, f"that is a whole table ({len(answer)} rows); give {what}, one name "
-                              "(a string)")
+        return hint(exercise, f"that is a whole table ({len(answer)} rows); give {what}, one name (a string)")
     if isinstance(answer, list | tuple | set | frozenset) or getattr(answer, "ndim", 0) == 1:
         items = list(answer)
         if len(items) == 1 and isinstance(items[0], str):
-            return hint(exercise, f"that is {kind_of(answer)} holding {items[0]!r}; give the name "
-                                  "itself, a string")
+            return hint(exercise, f"that is {kind_of(answer)} holding {items[0]!r}; give the name itself, a string")
     return hint(exercise, f"give {what} as one name, a string (got {kind_of(answer)})")
 
 
 def read_ids(values, known: pd.Index) -> tuple[pd.Index | None, str | None]:
     """(an id collection as an Index, None) or (None, what is wrong with it).
 
-    Lists, arrays, sets, indexes, and frames or Series (their index, or a Series' values when
-    those are the ids) all count; a True/False mask is named as such.
+    Frames and Series count by their index (a Series by its values when those are the ids).
     """
     if values is None:
         return None, "is None"
@@ -282,19 +262,21 @@ def read_ids(values, known: pd.Index) -> tuple[pd.Index | None, str | None]:
         return None, "is a True/False mask"
     if not all(isinstance(v, str | numbers.Number) for v in items):
         return None, f"is {kind_of(values)} whose items are not ids"
-    return pd.Index(items), None
+    # As Python values: pandas has no Index of some numpy types (float16).
+    return pd.Index([v.item() if isinstance(v, np.generic) else v for v in items]), None
 
 
 def read_split(split, known: pd.Index) -> tuple[tuple[pd.Index, pd.Index] | None, str | None]:
     """((train_ids, eval_ids), None), or (None, what is wrong with the pair)."""
     if split is None:
         return None, "is None"
+    not_a_pair = f"is {kind_of(split)}, not a pair (train_ids, eval_ids)"
     if isinstance(split, str | bytes | Mapping | set | frozenset | pd.DataFrame | pd.Series) or not hasattr(
         split, "__len__"
     ) or hasattr(split, "detach"):
-        return None, f"is {kind_of(split)}, not a pair (train_ids, eval_ids)"
+        return None, not_a_pair
     if isinstance(split, np.ndarray) and (split.ndim == 0 or split.shape[0] != 2):
-        return None, f"is {kind_of(split)}, not a pair (train_ids, eval_ids)"
+        return None, not_a_pair
     if len(split) != 2:
         return None, f"holds {len(split)} items; a split is a pair (train_ids, eval_ids)"
     sides = []

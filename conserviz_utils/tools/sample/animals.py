@@ -1,10 +1,5 @@
-"""Animals: one drawing function per body plan, and the layer that places one in a scene.
-
-Each class has a body plan (``BODY_PLANS``) drawn side-on with the pen of
-:mod:`~conserviz_utils.tools.sample.sketch` (body length 1, feet at y = 0) and several
-colourings of the real Taï species. :func:`animal_layer` turns one into an RGBA image cropped to
-the animal, ready to be placed in a scene.
-"""
+"""Animals: one drawing per body plan (``BODY_PLANS``, in the colourings of the real Taï species) and
+:func:`animal_layer`, which turns one into an RGBA image cropped to the animal."""
 
 from __future__ import annotations
 
@@ -14,15 +9,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
 from conserviz_utils.tools.sample.paint import blur, jitter, shade
-from conserviz_utils.tools.sample.sketch import (
-    Build,
-    Pen,
-    Sketch,
-    curve,
-    quadruped,
-    resample,
-    scatter,
-)
+from conserviz_utils.tools.sample.sketch import Build, Pen, Sketch, curve, quadruped, resample, scatter
 
 __all__ = ["BODY_PLANS", "DISTANCE_M", "SIZE_M", "animal_layer", "motion_blur"]
 
@@ -31,38 +18,16 @@ def _draw_duiker(sk: Sketch, rng: np.random.Generator) -> None:
     """A duiker: small arched antelope on thin legs, low head, short spike horns."""
     kinds = ["maxwell", "bay", "zebra", "yellow_backed", "ogilby"]
     kind = rng.choice(kinds, p=[0.35, 0.25, 0.1, 0.1, 0.2])
-    coat = {
-        "maxwell": (105, 92, 80),
-        "bay": (125, 62, 30),
-        "zebra": (180, 115, 55),
-        "yellow_backed": (55, 45, 38),
-        "ogilby": (150, 85, 40),
-    }[kind]
+    coat = {"maxwell": (105, 92, 80), "bay": (125, 62, 30), "zebra": (180, 115, 55),
+            "yellow_backed": (55, 45, 38), "ogilby": (150, 85, 40)}[kind]
     coat = jitter(coat, rng, 14)
-    colours = {
-        "coat": coat,
-        "belly": shade(coat, 1.25),
-        "legs": shade(coat, 0.8),
-        "muzzle": shade(coat, 0.75),
-    }
+    colours = {"coat": coat, "belly": shade(coat, 1.25), "legs": shade(coat, 0.8), "muzzle": shade(coat, 0.75)}
     grazing = rng.random() < 0.4
     build = Build(
-        torso=0.4,
-        leg=rng.uniform(0.42, 0.52),
-        leg_width=0.055,
-        rump=0.1,
-        neck=0.12,
-        neck_width=0.15,
-        neck_angle=rng.uniform(-0.2, 0.1) if grazing else rng.uniform(0.2, 0.6),
-        head=0.26,
-        head_height=0.15,
-        head_pitch=rng.uniform(-1.2, -0.7) if grazing else rng.uniform(-0.6, -0.1),
-        muzzle=0.08,
-        ear=0.1,
-        tail=0.1,
-        tail_width=0.05,
-        tail_lift=0.2,
-        stride=rng.uniform(0, 0.35),
+        torso=0.4, leg=rng.uniform(0.42, 0.52), leg_width=0.055, rump=0.1, neck=0.12, neck_width=0.15,
+        neck_angle=rng.uniform(-0.2, 0.1) if grazing else rng.uniform(0.2, 0.6), head=0.26, head_height=0.15,
+        head_pitch=rng.uniform(-1.2, -0.7) if grazing else rng.uniform(-0.6, -0.1), muzzle=0.08, ear=0.1, tail=0.1,
+        tail_width=0.05, tail_lift=0.2, stride=rng.uniform(0, 0.35),
     )
     p = quadruped(sk, build, colours, rng)
     pen, marks = sk.body, sk.marks
@@ -87,30 +52,12 @@ def _draw_hog(sk: Sketch, rng: np.random.Generator) -> None:
     red_river = rng.random() < 0.35
     dark_coat = rng.choice([35, 50, 65]) * np.ones(3) * [1.0, 0.9, 0.8] if not red_river else None
     coat = jitter((165, 75, 35) if red_river else dark_coat, rng, 12)
-    colours = {
-        "coat": coat,
-        "belly": shade(coat, 0.9),
-        "legs": (30, 25, 22) if red_river else shade(coat, 0.8),
-        "muzzle": shade(coat, 0.85),
-        "tail": shade(coat, 0.7),
-    }
+    colours = {"coat": coat, "belly": shade(coat, 0.9), "legs": (30, 25, 22) if red_river else shade(coat, 0.8),
+               "muzzle": shade(coat, 0.85), "tail": shade(coat, 0.7)}
     build = Build(
-        torso=rng.uniform(0.48, 0.56),
-        leg=rng.uniform(0.2, 0.26),
-        leg_width=0.1,
-        rump=-0.02,
-        neck=0.08,
-        neck_width=0.34,
-        neck_angle=0.2,
-        head=0.34,
-        head_height=0.25,
-        head_pitch=rng.uniform(-0.9, -0.25),
-        muzzle=0.12,
-        ear=0.08,
-        tail=0.22,
-        tail_width=0.025,
-        tail_lift=-1.3,
-        stride=rng.uniform(0, 0.2),
+        torso=rng.uniform(0.48, 0.56), leg=rng.uniform(0.2, 0.26), leg_width=0.1, rump=-0.02, neck=0.08,
+        neck_width=0.34, neck_angle=0.2, head=0.34, head_height=0.25, head_pitch=rng.uniform(-0.9, -0.25),
+        muzzle=0.12, ear=0.08, tail=0.22, tail_width=0.025, tail_lift=-1.3, stride=rng.uniform(0, 0.2),
     )
     p = quadruped(sk, build, colours, rng)
     pen, marks = sk.body, sk.marks
@@ -139,23 +86,10 @@ def _draw_leopard(sk: Sketch, rng: np.random.Generator) -> None:
     colours = {"coat": coat, "belly": (228, 214, 180), "legs": coat, "muzzle": shade(coat, 1.1)}
     crouch = rng.random() < 0.3
     build = Build(
-        torso=0.3,
-        leg=rng.uniform(0.24, 0.3) if crouch else rng.uniform(0.34, 0.4),
-        leg_width=0.085,
-        rump=0.0,
-        neck=0.14,
-        neck_width=0.19,
-        neck_angle=rng.uniform(-0.1, 0.5),
-        head=0.19,
-        head_height=0.16,
-        head_pitch=rng.uniform(-0.5, 0.1),
-        muzzle=0.05,
-        ear=0.045,
-        tail=rng.uniform(0.8, 0.95),
-        tail_width=0.055,
-        tail_lift=rng.uniform(-1.0, -0.4),
-        tail_curl=rng.uniform(0.8, 2.0),
-        stride=rng.uniform(0, 0.35),
+        torso=0.3, leg=rng.uniform(0.24, 0.3) if crouch else rng.uniform(0.34, 0.4), leg_width=0.085, rump=0.0,
+        neck=0.14, neck_width=0.19, neck_angle=rng.uniform(-0.1, 0.5), head=0.19, head_height=0.16,
+        head_pitch=rng.uniform(-0.5, 0.1), muzzle=0.05, ear=0.045, tail=rng.uniform(0.8, 0.95), tail_width=0.055,
+        tail_lift=rng.uniform(-1.0, -0.4), tail_curl=rng.uniform(0.8, 2.0), stride=rng.uniform(0, 0.35),
     )
     p = quadruped(sk, build, colours, rng)
     marks = sk.marks
@@ -184,31 +118,14 @@ def _draw_civet_genet(sk: Sketch, rng: np.random.Generator) -> None:
     coat = {"civet": (150, 140, 118), "genet": (190, 175, 140), "palm_civet": (120, 92, 62)}[kind]
     coat = jitter(coat, rng, 15)
     dark = (28, 24, 20) if kind != "palm_civet" else shade(coat, 0.6)
-    colours = {
-        "coat": coat,
-        "belly": shade(coat, 1.1),
-        "legs": dark if civet else shade(coat, 0.8),
-        "muzzle": shade(coat, 1.1),
-        "ear": shade(coat, 0.8),
-    }
+    colours = {"coat": coat, "belly": shade(coat, 1.1), "legs": dark if civet else shade(coat, 0.8),
+               "muzzle": shade(coat, 1.1), "ear": shade(coat, 0.8)}
     build = Build(
-        torso=0.28 if civet else 0.22,
-        leg=0.3 if civet else rng.uniform(0.18, 0.22),
-        leg_width=0.06,
-        rump=0.04 if civet else 0.0,
-        neck=0.12,
-        neck_width=0.14,
-        neck_angle=rng.uniform(-0.1, 0.4),
-        head=0.2,
-        head_height=0.12,
-        head_pitch=rng.uniform(-0.6, 0.0),
-        muzzle=0.13,
-        ear=0.07 if kind == "genet" else 0.05,
-        tail=rng.uniform(0.5, 0.6) if civet else rng.uniform(0.85, 1.0),
-        tail_width=0.08 if civet else 0.055,
-        tail_lift=rng.uniform(-0.7, -0.1),
-        tail_curl=rng.uniform(-0.3, 0.4),
-        stride=rng.uniform(0, 0.3),
+        torso=0.28 if civet else 0.22, leg=0.3 if civet else rng.uniform(0.18, 0.22), leg_width=0.06,
+        rump=0.04 if civet else 0.0, neck=0.12, neck_width=0.14, neck_angle=rng.uniform(-0.1, 0.4), head=0.2,
+        head_height=0.12, head_pitch=rng.uniform(-0.6, 0.0), muzzle=0.13, ear=0.07 if kind == "genet" else 0.05,
+        tail=rng.uniform(0.5, 0.6) if civet else rng.uniform(0.85, 1.0), tail_width=0.08 if civet else 0.055,
+        tail_lift=rng.uniform(-0.7, -0.1), tail_curl=rng.uniform(-0.3, 0.4), stride=rng.uniform(0, 0.3),
     )
     p = quadruped(sk, build, colours, rng)
     pen, marks = sk.body, sk.marks
@@ -230,41 +147,16 @@ def _draw_civet_genet(sk: Sketch, rng: np.random.Generator) -> None:
 def _draw_rodent(sk: Sketch, rng: np.random.Generator) -> None:
     """A rodent: small egg-shaped body, round ears, a thin naked, quilled or bushy tail."""
     kind = rng.choice(["pouched_rat", "porcupine", "squirrel"], p=[0.45, 0.3, 0.25])
-    coat = {
-        "pouched_rat": (115, 100, 85), "porcupine": (72, 58, 46), "squirrel": (150, 98, 58)
-    }[kind]
-    coat = jitter(coat, rng, 14)
-    colours = {
-        "coat": coat,
-        "belly": shade(coat, 1.35),
-        "legs": shade(coat, 0.8),
-        "ear": (150, 115, 105),
-        "tail": (190, 170, 160) if kind == "pouched_rat" else shade(coat, 0.9),
-    }
+    coat = jitter({"pouched_rat": (115, 100, 85), "porcupine": (72, 58, 46), "squirrel": (150, 98, 58)}[kind], rng, 14)
+    colours = {"coat": coat, "belly": shade(coat, 1.35), "legs": shade(coat, 0.8), "ear": (150, 115, 105),
+               "tail": (190, 170, 160) if kind == "pouched_rat" else shade(coat, 0.9)}
     # Tail: length, width, lift and curl (a squirrel's curls forward over its back).
-    tail = {
-        "pouched_rat": (0.8, 0.035, -0.25, 0.3),
-        "porcupine": (0.35, 0.05, -0.5, 0.0),
-        "squirrel": (0.75, 0.16, 0.9, 2.4),
-    }[kind]
+    tail = {"pouched_rat": (0.8, 0.035, -0.25, 0.3), "porcupine": (0.35, 0.05, -0.5, 0.0),
+            "squirrel": (0.75, 0.16, 0.9, 2.4)}[kind]
     build = Build(
-        torso=0.4,
-        leg=rng.uniform(0.08, 0.13),
-        leg_width=0.07,
-        rump=0.08,
-        neck=0.02,
-        neck_width=0.26,
-        neck_angle=0.0,
-        head=0.22,
-        head_height=0.17,
-        head_pitch=rng.uniform(-0.5, 0.0),
-        muzzle=0.12,
-        ear=0.09,
-        tail=tail[0],
-        tail_width=tail[1],
-        tail_lift=tail[2],
-        tail_curl=tail[3],
-        stride=rng.uniform(0, 0.2),
+        torso=0.4, leg=rng.uniform(0.08, 0.13), leg_width=0.07, rump=0.08, neck=0.02, neck_width=0.26,
+        neck_angle=0.0, head=0.22, head_height=0.17, head_pitch=rng.uniform(-0.5, 0.0), muzzle=0.12, ear=0.09,
+        tail=tail[0], tail_width=tail[1], tail_lift=tail[2], tail_curl=tail[3], stride=rng.uniform(0, 0.2),
     )
     p = quadruped(sk, build, colours, rng)
     pen = sk.body
@@ -283,12 +175,7 @@ def _draw_rodent(sk: Sketch, rng: np.random.Generator) -> None:
 def _draw_bird(sk: Sketch, rng: np.random.Generator) -> None:
     """A ground bird: tilted oval body, small head and beak, thin legs, a tail behind."""
     kind = rng.choice(["guineafowl", "francolin", "ibis", "dove"], p=[0.4, 0.3, 0.15, 0.15])
-    coat = {
-        "guineafowl": (30, 30, 35),
-        "francolin": (110, 82, 58),
-        "ibis": (75, 72, 58),
-        "dove": (120, 100, 90),
-    }[kind]
+    coat = {"guineafowl": (30, 30, 35), "francolin": (110, 82, 58), "ibis": (75, 72, 58), "dove": (120, 100, 90)}[kind]
     coat = jitter(coat, rng, 12)
     pen, marks = sk.body, sk.marks
     leg = {"guineafowl": 0.28, "francolin": 0.22, "ibis": 0.32, "dove": 0.12}[kind]
@@ -299,20 +186,14 @@ def _draw_bird(sk: Sketch, rng: np.random.Generator) -> None:
         pen.limb((dx, 0.0), (dx + 0.09, 0.0), 0.02, 0.012, leg_colour)
     body_centre = np.array([0.0, leg + 0.2])
     tilt = rng.uniform(0.0, 0.35) - (0.3 if pecking else 0.0)
-    tail = [
-        body_centre + [-0.3, 0.06],
-        (-0.62, leg + 0.08 - tilt * 0.4),
-        (-0.6, leg + 0.02 - tilt * 0.4),
-        body_centre + [-0.25, -0.08],
-    ]
+    tail = [body_centre + [-0.3, 0.06], (-0.62, leg + 0.08 - tilt * 0.4), (-0.6, leg + 0.02 - tilt * 0.4),
+            body_centre + [-0.25, -0.08]]
     pen.polygon(tail, shade(coat, 0.8))
     pen.blob(body_centre, 0.38, 0.2, coat, turn=tilt)
     pen.blob(body_centre + [-0.03, 0.03], 0.26, 0.12, shade(coat, 0.85), turn=tilt)  # folded wing
     head = body_centre + ([0.42, -0.22] if pecking else [0.36, 0.26])
     pen.limb(body_centre + [0.25, 0.08], head, 0.16, 0.09, coat)
-    face = {
-        "guineafowl": (120, 130, 165), "ibis": coat, "francolin": (170, 60, 50), "dove": coat
-    }[kind]
+    face = {"guineafowl": (120, 130, 165), "ibis": coat, "francolin": (170, 60, 50), "dove": coat}[kind]
     pen.blob(head, 0.1, 0.085, coat)
     pen.blob(head + [0.03, -0.02], 0.06, 0.05, face)
     heading = -0.6 if pecking else 0.0
@@ -337,19 +218,11 @@ def _draw_monkey(sk: Sketch, rng: np.random.Generator) -> None:
     """A monkey or prosimian: sitting upright, walking, or climbing, mostly with a long tail."""
     kinds = ["mangabey", "diana", "colobus", "red_colobus", "chimpanzee", "galago"]
     kind = rng.choice(kinds, p=[0.3, 0.2, 0.15, 0.15, 0.1, 0.1])
-    coat = {
-        "mangabey": (95, 90, 88),
-        "diana": (32, 30, 30),
-        "colobus": (25, 24, 24),
-        "red_colobus": (160, 82, 42),
-        "chimpanzee": (35, 30, 28),
-        "galago": (130, 110, 90),
-    }[kind]
+    coat = {"mangabey": (95, 90, 88), "diana": (32, 30, 30), "colobus": (25, 24, 24), "red_colobus": (160, 82, 42),
+            "chimpanzee": (35, 30, 28), "galago": (130, 110, 90)}[kind]
     coat = jitter(coat, rng, 10)
     colours = {
-        "coat": coat,
-        "belly": (225, 220, 210) if kind in ("diana", "colobus") else shade(coat, 1.15),
-        "legs": coat,
+        "coat": coat, "belly": (225, 220, 210) if kind in ("diana", "colobus") else shade(coat, 1.15), "legs": coat,
         "muzzle": (150, 120, 110) if kind == "chimpanzee" else shade(coat, 1.4),
         "tail": (230, 228, 220) if kind == "colobus" else coat,
     }
@@ -359,23 +232,10 @@ def _draw_monkey(sk: Sketch, rng: np.random.Generator) -> None:
         _monkey_sitting(sk, colours, rng, has_tail, big_eyes=kind == "galago")
         return
     build = Build(
-        torso=0.25,
-        leg=0.5,
-        leg_width=0.06,
-        rump=0.1 if kind == "chimpanzee" else 0.07,
-        neck=0.06,
-        neck_width=0.16,
-        neck_angle=0.6,
-        head=0.2,
-        head_height=0.19,
-        head_pitch=rng.uniform(-0.4, 0.2),
-        muzzle=0.04,
-        ear=0.035,
-        tail=rng.uniform(1.0, 1.3) if has_tail else 0.0,
-        tail_width=0.04,
-        tail_lift=rng.uniform(0.4, 1.0),
-        tail_curl=rng.uniform(-2.6, -1.6),
-        stride=rng.uniform(0.15, 0.4),
+        torso=0.25, leg=0.5, leg_width=0.06, rump=0.1 if kind == "chimpanzee" else 0.07, neck=0.06,
+        neck_width=0.16, neck_angle=0.6, head=0.2, head_height=0.19, head_pitch=rng.uniform(-0.4, 0.2),
+        muzzle=0.04, ear=0.035, tail=rng.uniform(1.0, 1.3) if has_tail else 0.0, tail_width=0.04,
+        tail_lift=rng.uniform(0.4, 1.0), tail_curl=rng.uniform(-2.6, -1.6), stride=rng.uniform(0.15, 0.4),
     )
     p = quadruped(sk, build, colours, rng)
     face = p["head"] + p["direction"] * 0.07
@@ -407,25 +267,11 @@ def _monkey_sitting(sk: Sketch, colours: dict, rng: np.random.Generator, has_tai
 
 
 #: One drawing function per class; "blank" has no animal.
-BODY_PLANS = {
-    "antelope_duiker": _draw_duiker,
-    "bird": _draw_bird,
-    "civet_genet": _draw_civet_genet,
-    "hog": _draw_hog,
-    "leopard": _draw_leopard,
-    "monkey_prosimian": _draw_monkey,
-    "rodent": _draw_rodent,
-}
-#: Real body length in metres (tail excluded) and the distances at which the camera catches it.
-SIZE_M = {
-    "antelope_duiker": (0.5, 1.0),
-    "bird": (0.3, 0.5),
-    "civet_genet": (0.45, 0.85),
-    "hog": (0.9, 1.4),
-    "leopard": (1.0, 1.5),
-    "monkey_prosimian": (0.4, 0.75),
-    "rodent": (0.2, 0.42),
-}
+BODY_PLANS = {"antelope_duiker": _draw_duiker, "bird": _draw_bird, "civet_genet": _draw_civet_genet, "hog": _draw_hog,
+              "leopard": _draw_leopard, "monkey_prosimian": _draw_monkey, "rodent": _draw_rodent}
+#: Real body length in metres (tail excluded), smallest and largest.
+SIZE_M = {"antelope_duiker": (0.5, 1.0), "bird": (0.3, 0.5), "civet_genet": (0.45, 0.85), "hog": (0.9, 1.4),
+          "leopard": (1.0, 1.5), "monkey_prosimian": (0.4, 0.75), "rodent": (0.2, 0.42)}
 #: Nearest, typical and farthest distance in metres at which a camera catches each class:
 #: the infrared motion sensor fires mostly for animals a few metres away, small ones closer.
 DISTANCE_M = {
@@ -440,12 +286,7 @@ DISTANCE_M = {
 
 
 def animal_layer(species, rng, length_px, facing, squash, angle):
-    """Draw one animal as an RGBA image cropped to it.
-
-    Returns:
-        (image, anchor, eyes): ``anchor`` is the pixel of the animal's feet centre, ``eyes`` the
-        pixels of its eyes, both in the returned image.
-    """
+    """Draw one animal as an RGBA image cropped to it; returns (image, feet-centre pixel, eye pixels)."""
     supersample = 3 if length_px < 50 else 2 if length_px < 220 else 1  # smooth small animals
     scale = length_px * supersample
     side = math.ceil(3.4 * scale)

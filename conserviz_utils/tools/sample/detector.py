@@ -1,20 +1,11 @@
-"""A simulated MegaDetector: the boxes a real detector would plausibly report for drawn images.
+"""A simulated MegaDetector: the boxes a real detector would plausibly report for the drawn images.
 
-The generator knows where it drew each animal and what hides it, so it writes the batch-output
-JSON that MegaDetector (or SpeciesNet's detector-only mode) would write, with a detector's
-typical faults instead of the truth: animals that are small, hidden behind grass or plants, cut
-by the frame, blurred, washed out or far away in an infrared night shot are found less often
-and with lower confidence; missed animals often leave only a weak box; blank frames get false
-boxes, mostly weak, about one in ten at the usual 0.2 threshold (more where a leaf fired the
-camera). The rates are tuned towards published MegaDetector evaluations (docs/sample.md lists
-them with their sources). No model runs: this is a simulation, so the course's detector-crop
-code can be run and tested offline.
-
-The file follows the MegaDetector output format (https://lila.science/megadetector-output-format):
-``info`` (``format_version``, ``detector``), ``detection_categories`` and ``images`` with one
-entry per image, ``file`` relative to the dataset folder exactly as in the CSVs' ``filepath``,
-and ``detections`` of ``category``, ``conf`` and ``bbox`` = [x_min, y_min, width, height]
-normalised to 0–1. Like MegaDetector's batch output it keeps every box of confidence ≥ 0.005.
+No model runs. The generator knows where it drew each animal and what hides it, and reports it with
+a detector's faults: small, hidden, cut, blurred, washed-out or far infrared animals are found less
+often and less surely; misses often leave a weak box; blanks get false boxes, about one in ten at
+0.2 (rates tuned towards published evaluations, docs/sample.md). The file follows the MegaDetector
+batch-output format (https://lila.science/megadetector-output-format): ``file`` as in the CSVs'
+``filepath``, ``bbox`` = [x_min, y_min, width, height] in 0–1, every box of confidence ≥ 0.005.
 """
 
 from __future__ import annotations
@@ -28,18 +19,9 @@ from PIL import Image, ImageDraw
 from conserviz_utils.tools.sample.plan import DETECTION_STREAM
 
 __all__ = [
-    "CONSERVATIVE_THRESHOLD",
-    "DETECTION_CATEGORIES",
-    "DETECTOR_NAME",
-    "FORMAT_VERSION",
-    "OUTPUT_THRESHOLD",
-    "TYPICAL_THRESHOLD",
-    "FrameView",
-    "detection_probability",
-    "detections_document",
-    "frame_view",
-    "simulate_detections",
-    "simulated_detections",
+    "CONSERVATIVE_THRESHOLD", "DETECTION_CATEGORIES", "DETECTOR_NAME", "FORMAT_VERSION", "OUTPUT_THRESHOLD",
+    "TYPICAL_THRESHOLD", "FrameView", "detection_probability", "detections_document", "frame_view",
+    "simulate_detections", "simulated_detections",
 ]
 
 #: The MegaDetector output format version written (the one of MegaDetector 5's batch output).
@@ -99,25 +81,13 @@ class FrameView:
 
 
 def frame_view(drawn: dict, night: bool) -> FrameView:
-    """What a detector could see of the drawn animal: in frame, not behind plants or the band.
-
-    Args:
-        drawn: the facts :func:`~conserviz_utils.tools.sample.draw.render_image` recorded.
-        night: whether the image is an infrared night shot.
-    """
+    """What a detector could see of the animal ``render_image`` recorded in ``drawn``: in frame, not hidden."""
     width, height = drawn["size"]
-    common = {
-        "width": width,
-        "height": height,
-        "night": night,
-        "washed_out": bool(drawn.get("washed_out", False)),
-        "trigger_box": drawn.get("trigger_box"),
-    }
+    common = {"width": width, "height": height, "night": night, "washed_out": bool(drawn.get("washed_out", False)),
+              "trigger_box": drawn.get("trigger_box")}
     if "animal_alpha" not in drawn:
         return FrameView(animal_box=None, visible_share=0.0, area_share=0.0, **common)
-    common.update(
-        infrared_brightness=drawn.get("infrared_brightness"), blurred=bool(drawn["blurred"])
-    )
+    common.update(infrared_brightness=drawn.get("infrared_brightness"), blurred=bool(drawn["blurred"]))
     opaque = np.asarray(drawn["animal_alpha"]) >= _OPAQUE
     total = int(opaque.sum())
     left, top, right, bottom = drawn["animal_box"]
@@ -132,15 +102,8 @@ def frame_view(drawn: dict, night: bool) -> FrameView:
     if n_visible == 0:
         return FrameView(animal_box=None, visible_share=0.0, area_share=0.0, **common)
     rows, columns = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
-    box = (
-        x0 + int(columns[0]), y0 + int(rows[0]), x0 + int(columns[-1]) + 1, y0 + int(rows[-1]) + 1
-    )
-    return FrameView(
-        animal_box=box,
-        visible_share=n_visible / total,
-        area_share=n_visible / (width * height),
-        **common,
-    )
+    box = (x0 + int(columns[0]), y0 + int(rows[0]), x0 + int(columns[-1]) + 1, y0 + int(rows[-1]) + 1)
+    return FrameView(animal_box=box, visible_share=n_visible / total, area_share=n_visible / (width * height), **common)
 
 
 def _hidden_pixels(drawn: dict, region: tuple[int, int, int, int]) -> np.ndarray | None:
@@ -180,15 +143,12 @@ def _evidence(view: FrameView) -> float:
 
 
 def _sigmoid(z: float) -> float:
-    """The logistic function."""
     return 1.0 / (1.0 + math.exp(-z))
 
 
 def detection_probability(view: FrameView) -> float:
     """The chance that the simulated detector finds the animal at confidence ≥ 0.2 (0 if none)."""
-    if view.animal_box is None:
-        return 0.0
-    return _sigmoid(_evidence(view))
+    return 0.0 if view.animal_box is None else _sigmoid(_evidence(view))
 
 
 def simulate_detections(view: FrameView, rng: np.random.Generator) -> list[dict]:
@@ -247,11 +207,8 @@ def _detection(box, conf: float, view: FrameView) -> dict:
     x, y = round(left / view.width, 4), round(top / view.height, 4)
     w = min(round((right - left) / view.width, 4), round(1.0 - x, 4))
     h = min(round((bottom - top) / view.height, 4), round(1.0 - y, 4))
-    return {
-        "category": ANIMAL_CATEGORY,
-        "conf": round(float(np.clip(conf, OUTPUT_THRESHOLD, 0.99)), 3),
-        "bbox": [x, y, max(w, 0.0001), max(h, 0.0001)],
-    }
+    return {"category": ANIMAL_CATEGORY, "conf": round(float(np.clip(conf, OUTPUT_THRESHOLD, 0.99)), 3),
+            "bbox": [x, y, max(w, 0.0001), max(h, 0.0001)]}
 
 
 def simulated_detections(drawn: dict, night: bool, seed: int, index: int) -> list[dict]:

@@ -1,9 +1,7 @@
 """Drawing one camera-trap image: one animal placed in its site's forest, and the camera.
 
-The site's look and background come from :mod:`~conserviz_utils.tools.sample.scenery`; every
-other draw of an image comes from ``(seed, stream, image index)``, so an image's pixels do not
-depend on which worker draws it or in which order. :func:`render_image` draws one image;
-:func:`sample_grid` shows one per class.
+Every draw of an image comes from ``(seed, stream, image index)`` (its site's from
+:mod:`~conserviz_utils.tools.sample.scenery`), so its pixels do not depend on which worker draws it.
 """
 
 from __future__ import annotations
@@ -19,13 +17,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 
 from conserviz_utils import SPECIES
-from conserviz_utils.tools.sample.animals import (
-    BODY_PLANS,
-    DISTANCE_M,
-    SIZE_M,
-    animal_layer,
-    motion_blur,
-)
+from conserviz_utils.tools.sample.animals import BODY_PLANS, DISTANCE_M, SIZE_M, animal_layer, motion_blur
 from conserviz_utils.tools.sample.paint import blur, jitter, leaf_points
 from conserviz_utils.tools.sample.plan import GRID_STREAM, IMAGE_STREAM, NOISE_STREAM
 from conserviz_utils.tools.sample.scenery import Scene, SiteStyle, site_scene, site_style
@@ -49,18 +41,11 @@ class ImageTask:
     stream: int = IMAGE_STREAM
 
 
-# ---------------------------------------------------------------------------------------------
-# One animal in the scene, or what fired the camera on a blank
-# ---------------------------------------------------------------------------------------------
-
-
 def _add_animal(image, species, rng, scene, style, exposure, drawn) -> list[tuple[float, float]]:
-    """Place one animal of ``species`` in the frame, near or far, maybe cut by the frame edge.
+    """Place one animal in the frame, near or far, maybe cut by its edge; returns its eye pixels (for eyeshine).
 
-    Distance sets both size and height in the frame (a ground plane seen from the camera's
-    height). ``exposure`` is the infrared gain of a night shot, None by day. Records in
-    ``drawn`` where the animal went and what hides it (see :func:`render_image`) and returns
-    its eye pixels, for eyeshine.
+    Distance sets both size and height in the frame (a ground plane seen from the camera's height);
+    ``exposure`` is a night shot's infrared gain, None by day; ``drawn`` gets the facts of :func:`render_image`.
     """
     night = exposure is not None
     width, height = image.size
@@ -110,9 +95,7 @@ def _add_animal(image, species, rng, scene, style, exposure, drawn) -> list[tupl
     drawn["animal_alpha"] = layer.getchannel("A")
     drawn["grass"] = []
     if rng.random() < 0.25:
-        drawn["grass"] = _grass_in_front(
-            image, rng, left + anchor[0], feet_y, layer.width, layer.height
-        )
+        drawn["grass"] = _grass_in_front(image, rng, left + anchor[0], feet_y, layer.width, layer.height)
     return [(left + ex, top + ey) for ex, ey in eyes]
 
 
@@ -126,10 +109,7 @@ def _shadow(image: Image.Image, x: float, y: float, width: float) -> None:
 
 
 def _grass_in_front(image, rng, x, feet_y, width, height) -> list[list[float]]:
-    """Blades of grass and leaves between the camera and the animal, hiding part of it.
-
-    Returns the blades' polygons, so a detector's view can tell which animal pixels they hide.
-    """
+    """Blades of grass between the camera and the animal; returns their polygons (for the detector's view)."""
     draw = ImageDraw.Draw(image)
     blades = []
     for _ in range(int(rng.integers(4, 14))):
@@ -144,10 +124,7 @@ def _grass_in_front(image, rng, x, feet_y, width, height) -> list[list[float]]:
 
 
 def _false_trigger(image: Image.Image, rng: np.random.Generator) -> tuple[int, int, int, int]:
-    """What fires a camera with no animal: a swaying out-of-focus leaf or branch near the lens.
-
-    Returns the leaf's box in pixels (left, top, right, bottom), cut to the frame.
-    """
+    """What fires a camera with no animal: a swaying leaf near the lens; returns its box, cut to the frame."""
     width, height = image.size
     layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
@@ -159,22 +136,14 @@ def _false_trigger(image: Image.Image, rng: np.random.Generator) -> tuple[int, i
     layer = layer.filter(blur(height * rng.uniform(0.01, 0.03)))
     image.paste(layer, (0, 0), layer)
     xs, ys = leaf[0::2], leaf[1::2]
-    return (
-        int(np.clip(min(xs), 0, width)), int(np.clip(min(ys), 0, height)),
-        int(np.clip(math.ceil(max(xs)), 0, width)), int(np.clip(math.ceil(max(ys)), 0, height)),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# The camera: framing, daylight or infrared, softness, noise and the info band
-# ---------------------------------------------------------------------------------------------
+    return (int(np.clip(min(xs), 0, width)), int(np.clip(min(ys), 0, height)),
+            int(np.clip(math.ceil(max(xs)), 0, width)), int(np.clip(math.ceil(max(ys)), 0, height)))
 
 
 def render_image(task: ImageTask, drawn: dict | None = None) -> Image.Image:
-    """Draw one camera-trap image, every random choice from (seed, image index).
+    """Draw one RGB camera-trap image, every random choice from (seed, image index).
 
     Args:
-        task: what to draw.
         drawn: when given, receives facts about the drawing, which never change its pixels:
             ``size``; for an animal ``animal_box`` (its layer's pixel box, left, top, right,
             bottom, possibly beyond the frame), ``animal_alpha`` (the layer's alpha, L),
@@ -183,9 +152,6 @@ def render_image(task: ImageTask, drawn: dict | None = None) -> Image.Image:
             fired the camera, or None); and for every image ``foreground`` (RGBA plants in
             front of the lens, or None), ``band_rows`` (top and bottom row of the info band, or
             None) and ``washed_out`` (an over-exposed day frame).
-
-    Returns:
-        The RGB image.
     """
     facts = {} if drawn is None else drawn
     rng = np.random.default_rng([task.seed, task.stream, task.index])
@@ -206,9 +172,7 @@ def render_image(task: ImageTask, drawn: dict | None = None) -> Image.Image:
     else:
         image = _daylight(image, rng, style, facts)
     image = _add_noise(image, rng, task.seed, sigma=9.0 if task.night else 3.0)
-    facts["band_rows"] = None
-    if task.band != "none":
-        facts["band_rows"] = _draw_band(image, rng, style, task)
+    facts["band_rows"] = _draw_band(image, rng, style, task) if task.band != "none" else None
     return image.convert("RGB")
 
 
@@ -287,17 +251,11 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def _draw_band(image, rng, style: SiteStyle, task: ImageTask) -> tuple[int, int]:
-    """The camera's info band: date and time on the left, temperature on the right.
-
-    Returns the band's first and last pixel row.
-    """
+    """The camera's info band: date and time on the left, temperature on the right; returns its first and last row."""
     width, height = image.size
     band = max(6, round(height * 0.06))
     top = 0 if task.band == "top" else height - band
-    if style.band_dark:
-        paper, ink = (0, 0, 0), (235, 235, 235)
-    else:
-        paper, ink = (205, 205, 205), (10, 10, 10)
+    paper, ink = ((0, 0, 0), (235, 235, 235)) if style.band_dark else ((205, 205, 205), (10, 10, 10))
     if image.mode == "L":
         paper, ink = paper[0], ink[0]
     draw = ImageDraw.Draw(image)
@@ -316,19 +274,11 @@ def _draw_band(image, rng, style: SiteStyle, task: ImageTask) -> tuple[int, int]
     return top, top + band - 1
 
 
-# ---------------------------------------------------------------------------------------------
-# One image per class by day and night, for the docs
-# ---------------------------------------------------------------------------------------------
+def sample_grid(seed: int = 0, tile_width: int = 288, species: Sequence[str] = SPECIES) -> Image.Image:
+    """One labelled day and one night image per class, side by side, as a single RGB image (for the docs).
 
-
-def sample_grid(
-    seed: int = 0, tile_width: int = 288, species: Sequence[str] = SPECIES
-) -> Image.Image:
-    """One labelled day and one night image per class, side by side, as a single RGB image.
-
-    Each tile is the first ordinary draw of the generator (640×360 camera, random site and pose)
-    whose animal is mostly inside the frame and not tiny, so the grid shows the drawing of each
-    class. The dataset itself also holds the hard cases: far, cut by the frame, hidden, blurred.
+    Each tile is the first draw (640×360 camera) whose animal is mostly in the frame and not tiny;
+    the dataset itself also holds the hard cases: far, cut by the frame, hidden, blurred.
     """
     tile_height = round(tile_width * 360 / 640)
     label_height = 18
@@ -339,23 +289,11 @@ def sample_grid(
     font = _font(12)
     for k, (name, night) in enumerate((s, n) for s in species for n in (False, True)):
         for attempt in range(50):
-            task = ImageTask(
-                index=k + 100 * attempt,
-                path=None,
-                species=name,
-                site=1 + k // 2,
-                width=640,
-                height=360,
-                night=night,
-                band=("bottom", "top")[k // 2 % 2],
-                seed=seed,
-                stream=GRID_STREAM,
-            )
+            task = ImageTask(index=k + 100 * attempt, path=None, species=name, site=1 + k // 2, width=640,
+                             height=360, night=night, band=("bottom", "top")[k // 2 % 2], seed=seed, stream=GRID_STREAM)
             drawn: dict = {}
             image = render_image(task, drawn)
-            if name not in BODY_PLANS or (
-                _in_clear_view(drawn["animal_box"], image.size) and not drawn["blurred"]
-            ):
+            if name not in BODY_PLANS or (_in_clear_view(drawn["animal_box"], image.size) and not drawn["blurred"]):
                 break
         tile = image.resize((tile_width, tile_height), Image.Resampling.LANCZOS)
         x, y = (k % columns) * tile_width, (k // columns) * (tile_height + label_height)

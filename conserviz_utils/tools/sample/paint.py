@@ -7,15 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import ImageDraw, ImageFilter
 
-__all__ = [
-    "blur",
-    "draw_leaves",
-    "jitter",
-    "jitter_many",
-    "leaf_points",
-    "leaf_shapes",
-    "shade",
-]
+__all__ = ["blur", "draw_leaves", "jitter", "jitter_many", "leaf_points", "leaf_shapes", "shade"]
 
 
 def blur(radius: float) -> ImageFilter.GaussianBlur:
@@ -40,14 +32,11 @@ _LEAF_ACROSS = np.concatenate([np.sin(np.pi * _LEAF_T), -np.sin(np.pi * _LEAF_T[
 
 
 def leaf_shapes(x, y, length, width, angle) -> np.ndarray:
-    """Pointed leaves from their stalks at (x, y), ``angle`` radians from the image x axis.
+    """n pointed leaves from stalks at (x, y), ``angle`` radians from the x axis, as (n, 28) flat polygons.
 
-    Every argument may be a number or an array of n values; returns n polygons as (n, 28)
-    flat x, y sequences, ready for ``ImageDraw.polygon``.
+    Every argument may be a number or an array of n values.
     """
-    x, y, length, width, angle = (
-        np.atleast_1d(np.asarray(v, float))[:, None] for v in (x, y, length, width, angle)
-    )
+    x, y, length, width, angle = (np.atleast_1d(np.asarray(v, float))[:, None] for v in (x, y, length, width, angle))
     along, across = _LEAF_ALONG * length, _LEAF_ACROSS * width
     c, s = np.cos(angle), np.sin(angle)
     points = np.stack([x + along * c - across * s, y + along * s + across * c], axis=-1)

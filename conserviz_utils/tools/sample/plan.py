@@ -1,7 +1,6 @@
-"""Planning a sample dataset: sites, their sizes and species, cameras, day or night.
+"""Planning a sample dataset from the seed alone: sites, their sizes and species, cameras, day or night.
 
-Everything here follows from the seed alone and draws no image, so :func:`plan_sample` is cheap
-and the tests check its statistics at the full competition scale.
+No image is drawn, so :func:`plan_sample` is cheap and the tests check its statistics at full scale.
 """
 
 from __future__ import annotations
@@ -15,73 +14,28 @@ from conserviz_utils import SPECIES
 from conserviz_utils.errors import SampleParameterError
 
 __all__ = [
-    "BIGGEST_TEST_SITE_SHARE",
-    "MIN_TEST_SITES",
-    "MIN_TRAIN_SITES",
-    "NIGHT_SHARE",
-    "REAL_CLASS_COUNTS",
-    "REAL_IMAGE_SIZES",
-    "REAL_N_TEST",
-    "REAL_N_TRAIN",
-    "REAL_TEST_SITES",
-    "REAL_TRAIN_SITES",
-    "SITE_PRESENCE",
-    "SITE_SCALING_EXPONENT",
-    "SITE_SIZE_SIGMA",
-    "check_parameters",
-    "plan_sample",
+    "BIGGEST_TEST_SITE_SHARE", "MIN_TEST_SITES", "MIN_TRAIN_SITES", "NIGHT_SHARE", "REAL_CLASS_COUNTS",
+    "REAL_IMAGE_SIZES", "REAL_N_TEST", "REAL_N_TRAIN", "REAL_TEST_SITES", "REAL_TRAIN_SITES", "SITE_PRESENCE",
+    "SITE_SCALING_EXPONENT", "SITE_SIZE_SIGMA", "check_parameters", "plan_sample",
 ]
 
-# ---------------------------------------------------------------------------------------------
 # Facts of the real competition data (../shared/README.md) that the sample reproduces.
-# ---------------------------------------------------------------------------------------------
-
 #: Train images per class in the real data; the sample keeps their shares.
-REAL_CLASS_COUNTS = {
-    "antelope_duiker": 2474,
-    "bird": 1641,
-    "blank": 2213,
-    "civet_genet": 2423,
-    "hog": 978,
-    "leopard": 2254,
-    "monkey_prosimian": 2492,
-    "rodent": 2013,
-}
+REAL_CLASS_COUNTS = {"antelope_duiker": 2474, "bird": 1641, "blank": 2213, "civet_genet": 2423, "hog": 978,
+                     "leopard": 2254, "monkey_prosimian": 2492, "rodent": 2013}
 #: Train image sizes (width, height) of the real data; the rare 360×215 and 160×95 are left out.
-REAL_IMAGE_SIZES = {
-    (640, 360): 7490,
-    (960, 540): 6345,
-    (640, 335): 970,
-    (360, 240): 864,
-    (960, 515): 458,
-    (160, 120): 293,
-}
+REAL_IMAGE_SIZES = {(640, 360): 7490, (960, 540): 6345, (640, 335): 970, (360, 240): 864, (960, 515): 458,
+                    (160, 120): 293}
 REAL_N_TRAIN, REAL_N_TEST = 16488, 4464
 REAL_TRAIN_SITES, REAL_TEST_SITES = 148, 51
 #: Share of the train sites where each class is seen. civet_genet, leopard, hog and blank are
 #: the real counts (49, 47, 37, 142 of 148); the others are not published and are assumptions.
-SITE_PRESENCE = {
-    "antelope_duiker": 0.80,
-    "bird": 0.60,
-    "blank": 142 / 148,
-    "civet_genet": 49 / 148,
-    "hog": 37 / 148,
-    "leopard": 47 / 148,
-    "monkey_prosimian": 0.70,
-    "rodent": 0.70,
-}
+SITE_PRESENCE = {"antelope_duiker": 0.80, "bird": 0.60, "blank": 142 / 148, "civet_genet": 49 / 148, "hog": 37 / 148,
+                 "leopard": 47 / 148, "monkey_prosimian": 0.70, "rodent": 0.70}
 #: Chance that a camera fires in infrared (night) mode, by class: civets, genets and rodents
 #: are nocturnal, monkeys and birds diurnal. Together about 47 % of images are infrared.
-NIGHT_SHARE = {
-    "antelope_duiker": 0.40,
-    "bird": 0.10,
-    "blank": 0.30,
-    "civet_genet": 0.95,
-    "hog": 0.45,
-    "leopard": 0.60,
-    "monkey_prosimian": 0.05,
-    "rodent": 0.80,
-}
+NIGHT_SHARE = {"antelope_duiker": 0.40, "bird": 0.10, "blank": 0.30, "civet_genet": 0.95, "hog": 0.45, "leopard": 0.60,
+               "monkey_prosimian": 0.05, "rodent": 0.80}
 #: Smallest number of sites per side, so even a 200-image sample can be split by site.
 MIN_TRAIN_SITES, MIN_TEST_SITES = 9, 3
 #: Sites grow as (images)^0.6: the full size has the real 148 and 51 sites, and smaller samples
@@ -136,19 +90,13 @@ def check_parameters(n_train, n_test, seed, image_scale, workers) -> None:
         ("n_train", n_train, integer(n_train, 8), "an integer ≥ 8 (one image per class)"),
         ("n_test", n_test, integer(n_test, 0), "an integer ≥ 0"),
         ("seed", seed, integer(seed, 0), "an integer ≥ 0"),
-        (
-            "image_scale",
-            image_scale,
-            isinstance(image_scale, (int, float)) and 0.05 <= image_scale <= 4,
-            "a number between 0.05 and 4",
-        ),
+        ("image_scale", image_scale, isinstance(image_scale, (int, float)) and 0.05 <= image_scale <= 4,
+         "a number between 0.05 and 4"),
         ("workers", workers, workers is None or integer(workers, 1), "None or an integer ≥ 1"),
     ]
     for name, value, ok, wanted in checks:
         if not ok:
-            raise SampleParameterError(
-                f"{name}={value!r} is out of range", fix=f"pass {name} as {wanted}"
-            )
+            raise SampleParameterError(f"{name}={value!r} is out of range", fix=f"pass {name} as {wanted}")
 
 
 def _site_count(n_images: int, real_images: int, real_sites: int, minimum: int) -> int:
@@ -159,9 +107,8 @@ def _site_count(n_images: int, real_images: int, real_sites: int, minimum: int) 
     return int(min(n_images, max(minimum, scaled)))
 
 
-def _plan_side(
-    split: str, n_images: int, site_numbers: np.ndarray, rng: np.random.Generator, biggest_share
-) -> pd.DataFrame:
+def _plan_side(split: str, n_images: int, site_numbers: np.ndarray, rng: np.random.Generator,
+               biggest_share) -> pd.DataFrame:
     """Plan the images of one side (train or test): sites, species, cameras, night shots."""
     if n_images == 0:
         return pd.DataFrame()
@@ -179,8 +126,7 @@ def _plan_side(
                 logit = math.log(NIGHT_SHARE[name] / (1 - NIGHT_SHARE[name])) + night_bias[s]
                 night = bool(rng.random() < 1 / (1 + math.exp(-logit)))
                 rows.append((split, f"S{number:04d}", name, night, width, height, band))
-    columns = ["split", "site", "species", "night", "width", "height", "band"]
-    side = pd.DataFrame(rows, columns=columns)
+    side = pd.DataFrame(rows, columns=["split", "site", "species", "night", "width", "height", "band"])
     # Real ids are not grouped by site or class: shuffle before numbering.
     return side.iloc[rng.permutation(len(side))].reset_index(drop=True)
 
@@ -208,9 +154,7 @@ def _site_sizes(n_images: int, n_sites: int, rng: np.random.Generator, biggest_s
     return _allocate(n_images, weights, minimum=1)
 
 
-def _species_per_site(
-    site_sizes: np.ndarray, class_counts: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
+def _species_per_site(site_sizes: np.ndarray, class_counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """An integer sites × classes matrix: rows sum to the site sizes, columns to the class counts.
 
     Each class lives at a share of the sites (``SITE_PRESENCE``) and is unevenly abundant there,
@@ -240,11 +184,7 @@ def _species_per_site(
 
 
 def _one_per_present_cell(abundance: np.ndarray, rows: np.ndarray, columns: np.ndarray):
-    """One image per (site, class) with abundance, within the row and column sums.
-
-    Where a site or a class cannot afford one image per cell (tiny sites, rare classes), the
-    least abundant cells go without.
-    """
+    """One image per (site, class) with abundance, within the row and column sums (the least abundant go without)."""
     first = (abundance > 0).astype(int)
     for s in range(len(rows)):
         extra = first[s].sum() - rows[s]
@@ -271,8 +211,7 @@ def _sinkhorn(matrix: np.ndarray, rows: np.ndarray, columns: np.ndarray, steps: 
 def _round_margins(expected: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """Round a real matrix to integers with exactly the given row and column sums."""
     counts = np.floor(expected).astype(int)
-    row_left = rows - counts.sum(axis=1)
-    col_left = columns - counts.sum(axis=0)
+    row_left, col_left = rows - counts.sum(axis=1), columns - counts.sum(axis=0)
     n_columns = expected.shape[1]
     for flat in np.argsort(-(expected - counts).ravel(), kind="stable"):
         s, c = divmod(int(flat), n_columns)
@@ -309,9 +248,6 @@ def _assign_cameras(site_sizes: np.ndarray, rng: np.random.Generator) -> list[tu
         assigned[k] += site_sizes[s]
         width, height = sizes[k]
         cropped = height in (335, 515)
-        if cropped:
-            band = "none"
-        else:
-            band = str(rng.choice(["top", "bottom", "none"], p=[0.45, 0.45, 0.1]))
+        band = "none" if cropped else str(rng.choice(["top", "bottom", "none"], p=[0.45, 0.45, 0.1]))
         cameras[s] = (width, height, band)
     return cameras

@@ -1,8 +1,6 @@
-"""A site's scenery: its camera's style and its persistent patch of forest, drawn once per site.
+"""A site's scenery: its camera's style and its patch of forest, from ``(seed, site number)`` alone.
 
-A site's look (:class:`SiteStyle`) and its background (:class:`Scene`: forest floor, trunks,
-plants, the plants in front of the lens and the infrared flash's reach) come from
-``(seed, site number)`` alone and are cached per process, so every image of a site shares them.
+Both are cached per process, so every image of a site shares them.
 """
 
 from __future__ import annotations
@@ -15,15 +13,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
-from conserviz_utils.tools.sample.paint import (
-    blur,
-    draw_leaves,
-    jitter,
-    jitter_many,
-    leaf_points,
-    leaf_shapes,
-    shade,
-)
+from conserviz_utils.tools.sample.paint import blur, draw_leaves, jitter, jitter_many, leaf_points, leaf_shapes, shade
 from conserviz_utils.tools.sample.plan import SITE_STREAM
 
 __all__ = ["Scene", "SiteStyle", "site_scene", "site_style"]
@@ -107,14 +97,9 @@ def site_scene(seed: int, site: int, width: int, height: int) -> Scene:
     image = image.rotate(style.tilt, resample=Image.Resampling.BICUBIC)
     image = image.filter(blur(big_h * 0.0012))
     foreground = _near_plants(rng, width, height) if style.near_plants else None
-    return Scene(
-        background=image,
-        margin=margin,
-        foreground=foreground,
-        falloff=_flash_falloff(width, height, style.horizon),
-        horizon=style.horizon * height,
-        trunks=tuple((x - margin, w) for x, w in trunks),
-    )
+    return Scene(background=image, margin=margin, foreground=foreground,
+                 falloff=_flash_falloff(width, height, style.horizon), horizon=style.horizon * height,
+                 trunks=tuple((x - margin, w) for x, w in trunks))
 
 
 def _ground_and_sky(style, rng, width, height, horizon) -> Image.Image:
@@ -126,18 +111,10 @@ def _ground_and_sky(style, rng, width, height, horizon) -> Image.Image:
     far_ground = 0.6 * near + 0.4 * haze
     up = np.clip(y / horizon, 0, 1)
     down = np.clip((y - horizon) / (height - horizon), 0, 1)
-    colour = np.where(
-        y < horizon,
-        foliage + (haze - foliage) * up**3,
-        far_ground + (near - far_ground) * down**0.5,
-    )
+    colour = np.where(y < horizon, foliage + (haze - foliage) * up**3, far_ground + (near - far_ground) * down**0.5)
     mottle = rng.normal(1.0, 0.18, (6, 10, 1)).astype(np.float32)
-    mottle = np.asarray(
-        Image.fromarray(np.clip(mottle[..., 0] * 128, 0, 255).astype(np.uint8)).resize(
-            (width, height), Image.Resampling.BICUBIC
-        ),
-        np.float32,
-    )[..., None] / 128
+    mottle = Image.fromarray(np.clip(mottle[..., 0] * 128, 0, 255).astype(np.uint8))
+    mottle = np.asarray(mottle.resize((width, height), Image.Resampling.BICUBIC), np.float32)[..., None] / 128
     return Image.fromarray(np.clip(colour * mottle, 0, 255).astype(np.uint8))
 
 
@@ -145,9 +122,7 @@ def _draw_far_foliage(draw, style, rng, width, height, horizon) -> None:
     """Clumps of distant leaves, thin pale far trunks and a few bright canopy gaps."""
     n_clumps = int(width * horizon / 1200)
     per_clump = 14
-    centres = np.stack(
-        [rng.uniform(0, width, n_clumps), rng.uniform(-0.05 * height, horizon * 1.1, n_clumps)], 1
-    )
+    centres = np.stack([rng.uniform(0, width, n_clumps), rng.uniform(-0.05 * height, horizon * 1.1, n_clumps)], 1)
     # Lighter and hazier towards the horizon, darker up in the canopy.
     depth = np.clip(centres[:, 1] / horizon, 0, 1)[:, None]
     clump_colours = jitter_many(style.foliage, rng, 20, n_clumps) * (0.75 + 0.45 * depth)
@@ -173,16 +148,12 @@ def _draw_far_foliage(draw, style, rng, width, height, horizon) -> None:
 
 def _draw_litter(draw, style, rng, width, height, horizon) -> None:
     """Fallen leaves and twigs, larger towards the camera, and sometimes a fallen log."""
-    tones = np.array(
-        [(1.0, 1.0, 1.0), (0.7, 0.65, 0.6), (1.3, 1.2, 1.0), (1.35, 1.1, 0.6), (0.5, 0.45, 0.4)]
-    )
+    tones = np.array([(1.0, 1.0, 1.0), (0.7, 0.65, 0.6), (1.3, 1.2, 1.0), (1.35, 1.1, 0.6), (0.5, 0.45, 0.4)])
     n_leaves = int(width * (height - horizon) * 0.006)
     near = rng.random(n_leaves) ** 0.8
     size = height * (0.004 + 0.03 * near) * rng.uniform(0.6, 1.4, n_leaves)
-    shapes = leaf_shapes(
-        rng.uniform(0, width, n_leaves), horizon + (height - horizon) * near, size, size * 0.45,
-        rng.uniform(0, 2 * np.pi, n_leaves),
-    )
+    shapes = leaf_shapes(rng.uniform(0, width, n_leaves), horizon + (height - horizon) * near, size, size * 0.45,
+                         rng.uniform(0, 2 * np.pi, n_leaves))
     tone = tones[rng.integers(len(tones), size=n_leaves)]
     colours = jitter_many(np.asarray(style.litter) * tone, rng, 15, n_leaves)
     draw_leaves(draw, shapes, colours)
@@ -190,21 +161,15 @@ def _draw_litter(draw, style, rng, width, height, horizon) -> None:
         t = rng.random()
         x, y = rng.uniform(0, width), horizon + (height - horizon) * t
         length, angle = height * (0.03 + 0.15 * t), rng.uniform(-0.5, 0.5)
-        draw.line(
-            (x, y, x + length * math.cos(angle), y + length * math.sin(angle)),
-            fill=jitter((75, 58, 42), rng, 15),
-            width=max(1, round(height * 0.004 * (0.3 + t))),
-        )
+        draw.line((x, y, x + length * math.cos(angle), y + length * math.sin(angle)),
+                  fill=jitter((75, 58, 42), rng, 15), width=max(1, round(height * 0.004 * (0.3 + t))))
     if rng.random() < 0.35:
         t = rng.uniform(0.15, 0.6)
         y, x = horizon + (height - horizon) * t, rng.uniform(-0.2, 0.6) * width
         length, thick = width * rng.uniform(0.25, 0.6), height * (0.02 + 0.06 * t)
         slope = rng.uniform(-0.08, 0.08) * length
-        draw.polygon(
-            [(x, y), (x + length, y + slope), (x + length, y + slope - thick * 0.8),
-             (x, y - thick)],
-            fill=jitter((70, 58, 45), rng, 15),
-        )
+        draw.polygon([(x, y), (x + length, y + slope), (x + length, y + slope - thick * 0.8), (x, y - thick)],
+                     fill=jitter((70, 58, 45), rng, 15))
 
 
 def _draw_trunks(draw, style, rng, width, height, horizon) -> list[tuple[float, float]]:
@@ -220,41 +185,26 @@ def _draw_trunks(draw, style, rng, width, height, horizon) -> list[tuple[float, 
         colour = np.asarray(jitter((105, 98, 82), rng, 30), float)
         colour = tuple(int(v) for v in colour * (0.4 + 0.6 * depth) + haze * (0.6 - 0.6 * depth))
         top = -0.05 * height
-        draw.polygon(
-            [(x - half + lean, top), (x + half + lean, top), (x + half, base), (x - half, base)],
-            fill=colour,
-        )
+        draw.polygon([(x - half + lean, top), (x + half + lean, top), (x + half, base), (x - half, base)], fill=colour)
         for side in (-1, 1):  # buttress roots: thin concave fins flaring out to the ground
             reach, rise = half * rng.uniform(0.6, 2.2), half * rng.uniform(1.2, 3.0)
-            draw.polygon(
-                [
-                    (x + side * half * 0.7, base - rise),
-                    (x + side * (half + reach * 0.25), base - rise * 0.25),
-                    (x + side * (half + reach), base + half * 0.1),
-                    (x, base),
-                ],
-                fill=shade(colour, rng.uniform(0.85, 1.05)),
-            )
+            fin = [(x + side * half * 0.7, base - rise), (x + side * (half + reach * 0.25), base - rise * 0.25),
+                   (x + side * (half + reach), base + half * 0.1), (x, base)]
+            draw.polygon(fin, fill=shade(colour, rng.uniform(0.85, 1.05)))
         for _ in range(int(rng.integers(2, 6))):  # bark furrows
             bx = x + rng.uniform(-0.7, 0.7) * half
             furrow = max(1, round(half * 0.08))
             draw.line((bx + lean, top, bx, base), fill=shade(colour, 0.75), width=furrow)
         lit = x + half * 0.55  # the side the light falls on
-        draw.line(
-            (lit + lean, top, lit, base), fill=shade(colour, 1.2), width=max(1, round(half * 0.2))
-        )
+        draw.line((lit + lean, top, lit, base), fill=shade(colour, 1.2), width=max(1, round(half * 0.2)))
         if depth > 0.3:
             near_trunks.append((x + lean / 2, 2 * half))
     for _ in range(int(rng.integers(0, 4))):  # lianas hanging from the canopy
         x0 = rng.uniform(0, width)
         ys = np.linspace(-0.05 * height, rng.uniform(0.3, 1.0) * horizon, 12)
         xs = x0 + np.sin(ys / height * rng.uniform(3, 9) + rng.uniform(0, 6)) * height * 0.04
-        draw.line(
-            list(zip(xs.tolist(), ys.tolist())),
-            fill=jitter((60, 52, 40), rng, 15),
-            width=max(1, round(height * 0.006)),
-            joint="curve",
-        )
+        draw.line(list(zip(xs.tolist(), ys.tolist())), fill=jitter((60, 52, 40), rng, 15),
+                  width=max(1, round(height * 0.006)), joint="curve")
     return near_trunks
 
 

@@ -1,8 +1,4 @@
-"""Sketching animals: a pen that draws in body lengths, and a four-legged body to draw with it.
-
-Shapes are given side-on in the animal's own units (body length 1, y up, feet at y = 0);
-:class:`Pen` turns them into canvas pixels, mirrored, squashed or turned as the pose asks.
-"""
+"""Sketching animals: a pen that draws in body lengths (side-on, y up, feet at y = 0), and a four-legged body."""
 
 from __future__ import annotations
 
@@ -14,7 +10,6 @@ import numpy as np
 from conserviz_utils.tools.sample.paint import shade
 
 __all__ = ["Build", "Pen", "Sketch", "curve", "quadruped", "resample", "scatter"]
-
 
 _CIRCLE = np.stack([np.cos(np.arange(24) * np.pi / 12), np.sin(np.arange(24) * np.pi / 12)], 1)
 
@@ -42,7 +37,6 @@ class Pen:
         return list(zip(px.tolist(), py.tolist()))
 
     def polygon(self, xy, fill) -> None:
-        """A filled polygon."""
         self.draw.polygon(self.points(xy), fill=fill)
 
     def blob(self, centre, rx, ry, fill, turn=0.0) -> None:
@@ -67,7 +61,6 @@ class Pen:
             self.limb(points[k], points[k + 1], widths[k], widths[k + 1], fills[k % len(fills)])
 
     def pixel(self, xy) -> tuple[float, float]:
-        """Canvas pixel of one point."""
         return self.points(xy)[0]
 
 
@@ -105,8 +98,7 @@ class Build:
 
 def quadruped(sk: Sketch, build: Build, colours: dict, rng: np.random.Generator) -> dict:
     """Draw a four-legged animal side-on; returns its key points (in body lengths)."""
-    b = build
-    pen = sk.body
+    b, pen = build, sk.body
     phase = rng.uniform(0, 2 * np.pi)
     shoulder = np.array([0.3, b.leg + b.torso * 0.5])
     hip = np.array([-0.3, b.leg + b.torso * 0.5 + b.rump])

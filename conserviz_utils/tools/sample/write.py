@@ -1,9 +1,7 @@
-"""Writing a sample dataset: the folder, the JPEGs (in worker processes), the CSVs, the marker.
+"""Writing a sample dataset: the folder, the JPEGs (in worker processes), detections.json, the CSVs, the marker.
 
-:func:`generate_sample` plans the dataset, draws and saves every image in worker processes,
-writes the simulated detector's ``detections.json``, the four competition CSVs and, last, the
-marker that says the folder is complete. The folder holds ``.conserviz-sample-incomplete``
-meanwhile, so an interrupted run never looks complete and the next run replaces it.
+The marker is written last and the folder holds ``.conserviz-sample-incomplete`` meanwhile, so an
+interrupted run never looks complete and the next run replaces it.
 """
 
 from __future__ import annotations
@@ -29,22 +27,9 @@ from conserviz_utils.tools.sample.draw import ImageTask, render_image, site_styl
 from conserviz_utils.tools.sample.plan import check_parameters, plan_sample
 
 __all__ = [
-    "DETECTIONS_NAME",
-    "GENERATOR_NAME",
-    "GENERATOR_VERSION",
-    "INCOMPLETE_NAME",
-    "MARKER_NAME",
-    "SampleReport",
-    "draw_all",
-    "draw_and_write",
-    "generate_sample",
-    "image_tasks",
-    "prepare_folder",
-    "sample_marker",
-    "worker_count",
-    "write_csvs",
-    "write_detections",
-    "write_marker",
+    "DETECTIONS_NAME", "GENERATOR_NAME", "GENERATOR_VERSION", "INCOMPLETE_NAME", "MARKER_NAME", "SampleReport",
+    "draw_all", "draw_and_write", "generate_sample", "image_tasks", "prepare_folder", "sample_marker", "worker_count",
+    "write_csvs", "write_detections", "write_marker",
 ]
 
 #: The file that marks a folder as a complete sample dataset; it is written last.
@@ -61,26 +46,17 @@ GENERATOR_VERSION = 3
 #: Written into the marker (not ``__name__``, which is "__main__" under ``python -m``).
 GENERATOR_NAME = "conserviz_utils.tools.sample"
 
-_CSV_NAMES = (
-    "train_features.csv",
-    "train_labels.csv",
-    "test_features.csv",
-    "submission_format.csv",
-)
+_CSV_NAMES = ("train_features.csv", "train_labels.csv", "test_features.csv", "submission_format.csv")
 _IMAGE_DIRS = ("train_features", "test_features")
 _WRITTEN_FILES = (*_CSV_NAMES, DETECTIONS_NAME, MARKER_NAME)
 #: Everything a sample folder may hold; ``.partial`` files are what an interrupted write of
 #: generator version 1 left behind (version 2 writes through ``conserviz_utils.files.fileio``).
-_SAMPLE_ENTRIES = frozenset(
-    (*_WRITTEN_FILES, *_IMAGE_DIRS, INCOMPLETE_NAME)
-    + tuple(f"{name}.partial" for name in _WRITTEN_FILES)
-)
+_SAMPLE_ENTRIES = frozenset((*_WRITTEN_FILES, *_IMAGE_DIRS, INCOMPLETE_NAME, *(f"{n}.partial" for n in _WRITTEN_FILES)))
 
 
 def _is_sample_entry(name: str) -> bool:
     """Whether a sample folder may hold ``name``: one of its files, or a killed write's temp."""
-    leftover = name.startswith(TEMP_PREFIX) and name.endswith(".tmp")
-    return name in _SAMPLE_ENTRIES or leftover
+    return name in _SAMPLE_ENTRIES or (name.startswith(TEMP_PREFIX) and name.endswith(".tmp"))
 
 
 @dataclass(frozen=True)
@@ -99,12 +75,10 @@ class SampleReport:
 
     @property
     def n_images(self) -> int:
-        """Train and test images together."""
         return self.n_train + self.n_test
 
     @property
     def detections_path(self) -> Path:
-        """The simulated detector's MegaDetector batch output in the dataset folder."""
         return self.out / DETECTIONS_NAME
 
     @property
@@ -121,33 +95,19 @@ class SampleReport:
         )
 
 
-def generate_sample(
-    out: str | Path,
-    n_train: int = 2000,
-    n_test: int = 500,
-    seed: int = 0,
-    image_scale: float = 1.0,
-    workers: int | None = None,
-    progress: bool = True,
-) -> SampleReport:
-    """Write a synthetic sample dataset in the competition layout into ``out``.
+def generate_sample(out: str | Path, n_train: int = 2000, n_test: int = 500, seed: int = 0, image_scale: float = 1.0,
+                    workers: int | None = None, progress: bool = True) -> SampleReport:
+    """Write a synthetic sample dataset in the competition layout, with a simulated ``detections.json``, into ``out``.
 
     ``out`` must be missing, empty or hold a previous sample dataset (which is replaced); any
-    other content makes it refuse. Besides the competition's CSVs and images it writes
-    ``detections.json``, a simulated MegaDetector batch output (docs/sample.md). The marker
-    file is written last, so an interrupted run never leaves a folder that looks complete.
+    other content makes it refuse.
 
     Args:
-        out: the folder to write; created if missing.
         n_train: train images (at least 8, one per class).
         n_test: test images (0 or more); their sites never appear in train.
         seed: everything drawn follows from it; the same seed gives the same bytes.
         image_scale: multiplies every image size, e.g. 0.25 for fast tests.
         workers: processes drawing images; None picks one per available CPU core.
-        progress: show a tqdm progress bar.
-
-    Returns:
-        A :class:`SampleReport` with counts, seconds and images per second.
     """
     check_parameters(n_train, n_test, seed, image_scale, workers)
     out = Path(out)
@@ -159,17 +119,10 @@ def generate_sample(
     n_bytes, detections = draw_all(tasks, n_workers, progress)
     write_detections(plan, detections, out, seed)
     write_csvs(plan, out)
-    seconds = time.perf_counter() - started
     report = SampleReport(
-        out=out,
-        n_train=n_train,
-        n_test=n_test,
-        n_train_sites=plan.loc[plan.split == "train", "site"].nunique(),
-        n_test_sites=plan.loc[plan.split == "test", "site"].nunique(),
-        image_scale=float(image_scale),
-        workers=n_workers,
-        seconds=seconds,
-        megabytes=n_bytes / 1e6,
+        out=out, n_train=n_train, n_test=n_test, n_train_sites=plan.loc[plan.split == "train", "site"].nunique(),
+        n_test_sites=plan.loc[plan.split == "test", "site"].nunique(), image_scale=float(image_scale),
+        workers=n_workers, seconds=time.perf_counter() - started, megabytes=n_bytes / 1e6,
     )
     write_marker(out, report, seed)
     return report
@@ -182,33 +135,21 @@ def sample_marker(folder: str | Path) -> dict | None:
         content = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(content, dict) or content.get("generator") != GENERATOR_NAME:
-        return None
-    return content
-
-
-# ---------------------------------------------------------------------------------------------
-# The output folder: refuse foreign content, replace a previous sample, write the marker last
-# ---------------------------------------------------------------------------------------------
+    return content if isinstance(content, dict) and content.get("generator") == GENERATOR_NAME else None
 
 
 def prepare_folder(out: Path) -> None:
     """Make ``out`` an empty folder marked incomplete, refusing one that holds anything else."""
     if out.exists() and not out.is_dir():
-        raise SampleFolderError(
-            "is a file, not a folder", path=out, fix="pass a new or empty folder as out"
-        )
+        raise SampleFolderError("is a file, not a folder", path=out, fix="pass a new or empty folder as out")
     if out.is_dir():
         entries = sorted(p.name for p in out.iterdir())
         ours = (out / MARKER_NAME).is_file() or (out / INCOMPLETE_NAME).is_file()
         foreign = [name for name in entries if not _is_sample_entry(name)]
         if entries and (not ours or foreign):
-            shown = foreign or entries
             raise SampleFolderError(
                 "holds files that are not a conserviz sample dataset, so nothing is written there",
-                path=out,
-                rows=shown,
-                fix="pass a new or empty folder, or move those files away",
+                path=out, rows=foreign or entries, fix="pass a new or empty folder, or move those files away",
             )
     out.mkdir(parents=True, exist_ok=True)
     # From here on the folder never looks complete until the marker is written again.
@@ -225,15 +166,12 @@ def prepare_folder(out: Path) -> None:
 
 def write_csvs(plan: pd.DataFrame, out: Path) -> None:
     """Write the four competition CSVs: features, one-hot labels and a uniform submission format."""
-    train = plan[plan.split == "train"]
-    test = plan[plan.split == "test"]
-    labels = one_hot(train.species)
-    submission = pd.DataFrame(1.0 / len(SPECIES), index=test.index, columns=list(SPECIES))
+    train, test = plan[plan.split == "train"], plan[plan.split == "test"]
     frames = {
         "train_features.csv": train[["filepath", "site"]],
-        "train_labels.csv": labels,
+        "train_labels.csv": one_hot(train.species),
         "test_features.csv": test[["filepath", "site"]],
-        "submission_format.csv": submission,
+        "submission_format.csv": pd.DataFrame(1.0 / len(SPECIES), index=test.index, columns=list(SPECIES)),
     }
     for name, frame in frames.items():
         atomic_write_text(out / name, frame.to_csv(lineterminator="\n"), what="sample CSV")
@@ -242,55 +180,28 @@ def write_csvs(plan: pd.DataFrame, out: Path) -> None:
 def write_marker(out: Path, report: SampleReport, seed: int) -> None:
     """Mark the folder as a complete sample dataset (last step of a run)."""
     marker = {
-        "generator": GENERATOR_NAME,
-        "generator_version": GENERATOR_VERSION,
-        "package_version": __version__,
-        "n_train": report.n_train,
-        "n_test": report.n_test,
-        "seed": seed,
-        "image_scale": report.image_scale,
-        "n_train_sites": report.n_train_sites,
-        "n_test_sites": report.n_test_sites,
-        "detections": DETECTIONS_NAME,
+        "generator": GENERATOR_NAME, "generator_version": GENERATOR_VERSION, "package_version": __version__,
+        "n_train": report.n_train, "n_test": report.n_test, "seed": seed, "image_scale": report.image_scale,
+        "n_train_sites": report.n_train_sites, "n_test_sites": report.n_test_sites, "detections": DETECTIONS_NAME,
     }
-    marker_text = json.dumps(marker, indent=2) + "\n"
-    atomic_write_text(out / MARKER_NAME, marker_text, what="sample marker")
+    atomic_write_text(out / MARKER_NAME, json.dumps(marker, indent=2) + "\n", what="sample marker")
     (out / INCOMPLETE_NAME).unlink(missing_ok=True)
 
 
-def write_detections(
-    plan: pd.DataFrame, detections: dict[int, list[dict]], out: Path, seed: int
-) -> None:
+def write_detections(plan: pd.DataFrame, detections: dict[int, list[dict]], out: Path, seed: int) -> None:
     """Write the simulated detector's batch output, one entry per image in plan order."""
-    images = [
-        {"file": filepath, "detections": detections[index]}
-        for index, filepath in enumerate(plan["filepath"])
-    ]
+    images = [{"file": filepath, "detections": detections[index]} for index, filepath in enumerate(plan["filepath"])]
     document = detections_document(images, seed, GENERATOR_NAME, GENERATOR_VERSION)
     # One line per detection keeps the file short and readable, as MegaDetector's indent=1 does.
-    text = json.dumps(document, indent=1) + "\n"
-    atomic_write_text(out / DETECTIONS_NAME, text, what="simulated detections")
-
-
-# ---------------------------------------------------------------------------------------------
-# Drawing all images in worker processes
-# ---------------------------------------------------------------------------------------------
+    atomic_write_text(out / DETECTIONS_NAME, json.dumps(document, indent=1) + "\n", what="simulated detections")
 
 
 def image_tasks(plan: pd.DataFrame, out: Path, seed: int, image_scale: float) -> list[ImageTask]:
     """One task per planned image, sorted by site so each worker reuses a site's background."""
     tasks = [
-        ImageTask(
-            index=i,
-            path=out / row.filepath,
-            species=row.species,
-            site=int(row.site[1:]),
-            width=max(8, round(row.width * image_scale)),
-            height=max(8, round(row.height * image_scale)),
-            night=bool(row.night),
-            band=row.band,
-            seed=seed,
-        )
+        ImageTask(index=i, path=out / row.filepath, species=row.species, site=int(row.site[1:]),
+                  width=max(8, round(row.width * image_scale)), height=max(8, round(row.height * image_scale)),
+                  night=bool(row.night), band=row.band, seed=seed)
         for i, row in enumerate(plan.itertuples())
     ]
     return sorted(tasks, key=lambda t: (t.site, t.index))
@@ -307,14 +218,8 @@ def worker_count(workers: int | None, n_tasks: int) -> int:
     return 1 if n_tasks < 64 else max(1, min(available_cpus(), 32, n_tasks // 32))
 
 
-def draw_all(
-    tasks: list[ImageTask], workers: int, progress: bool
-) -> tuple[int, dict[int, list[dict]]]:
-    """Draw and write every image.
-
-    Returns:
-        The bytes written, and each image's simulated detections by image index.
-    """
+def draw_all(tasks: list[ImageTask], workers: int, progress: bool) -> tuple[int, dict[int, list[dict]]]:
+    """Draw and write every image; returns the bytes written and each image's simulated detections by index."""
     total = 0
     detections: dict[int, list[dict]] = {}
     bar = tqdm(total=len(tasks), desc="sample images", unit="img", disable=not progress)
@@ -334,12 +239,7 @@ def draw_all(
 
 
 def draw_and_write(task: ImageTask) -> tuple[int, int, list[dict]]:
-    """Draw one image and save it as JPEG.
-
-    Returns:
-        The image index, the JPEG's size in bytes, and the simulated detector's boxes for it
-        (from their own random stream: recording them does not change the image).
-    """
+    """Draw one image and save it as JPEG; returns its index, its bytes and the simulated detector's boxes."""
     drawn: dict = {}
     image = render_image(task, drawn)
     buffer = io.BytesIO()
